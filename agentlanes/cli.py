@@ -1,0 +1,315 @@
+"""The ``agentlanes`` command line.
+
+``agentlanes route``     decide one stage (or a batch of JSON lines) and print the decision.
+``agentlanes validate``  check policy / optimizer / catalog documents.
+
+Exit status: 0 when the command did its job (a ``deferred`` decision is still a
+decision), 1 when a document or request is unusable (one clear message each on stderr),
+2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from agentlanes import __version__
+from agentlanes.decision import RouteDecision, RouteRequest
+from agentlanes.errors import ConfigurationError, PolicyError
+from agentlanes.lanes import LANES
+from agentlanes.policy import Loaded, PolicyBundle, RoutingOptimizer, RoutingPolicy, PriceCatalog, load_document, read_json
+from agentlanes.router import Router
+from agentlanes.signals import SignalSnapshot
+
+__all__ = ["main"]
+
+
+def _dump(obj: Any, *, compact: bool) -> str:
+    if compact:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False)
+
+
+def _render(decision: RouteDecision, fmt: str) -> dict[str, Any]:
+    return decision.to_upstream() if fmt == "upstream" else decision.to_native()
+
+
+class _Cache:
+    """Documents, bundles, routers and resource files, each loaded once per process."""
+
+    def __init__(self) -> None:
+        self.docs: dict[tuple[str, str], Loaded] = {}
+        self.routers: dict[tuple[str, str, str], Router] = {}
+        self.resources: dict[str, SignalSnapshot] = {}
+
+    def doc(self, role: str, path: str | None) -> Loaded:
+        from agentlanes import _bundled
+
+        key = (role, path or "")
+        if key not in self.docs:
+            self.docs[key] = _bundled.default_loaded(role) if path is None else load_document(path)
+        return self.docs[key]
+
+    def router(self, policy: str | None, optimizer: str | None, catalog: str | None) -> Router:
+        key = (policy or "", optimizer or "", catalog or "")
+        router = self.routers.get(key)
+        if router is None:
+            bundle = PolicyBundle.from_loaded(
+                self.doc("policy", policy), self.doc("optimizer", optimizer), self.doc("catalog", catalog)
+            )
+            router = self.routers[key] = Router(bundle)
+        return router
+
+    def signals(self, path: str) -> SignalSnapshot:
+        snap = self.resources.get(path)
+        if snap is None:
+            data = read_json(path)
+            if not isinstance(data, dict):
+                raise ConfigurationError(
+                    f"{path}: resource signals must be a JSON object, not {type(data).__name__}."
+                )
+            snap = self.resources[path] = SignalSnapshot(data)
+        return snap
+
+
+# ------------------------------------------------------------------------- route
+
+_BATCH_KEYS = {
+    "policy": str,
+    "optimizer": str,
+    "priceCatalog": str,
+    "resources": (dict, str),
+    "taskClass": str,
+    "stage": str,
+    "riskClass": str,
+    "requestedLane": (str, type(None)),
+    "escalationReason": (str, type(None)),
+    "budgetWindow": str,
+    "budgetRemaining": (int, float),
+    "deterministic": bool,
+}
+_TYPE_NAMES = {
+    str: "a string",
+    (dict, str): "an object or a path",
+    (str, type(None)): "a string or null",
+    (int, float): "a number",
+    bool: "true or false",
+}
+
+
+def _batch_request(line: str, lineno: int, cache: _Cache) -> tuple[Router, RouteRequest]:
+    try:
+        obj = json.loads(line, parse_constant=lambda t: (_ for _ in ()).throw(ValueError(f"{t} is not JSON")))
+    except (ValueError, RecursionError) as exc:
+        raise ConfigurationError(f"line {lineno}: not a JSON object ({exc}).") from None
+    if not isinstance(obj, dict):
+        raise ConfigurationError(f"line {lineno}: a request must be a JSON object, not {type(obj).__name__}.")
+    for key, value in obj.items():
+        expected = _BATCH_KEYS.get(key)
+        if expected is None:
+            raise ConfigurationError(
+                f"line {lineno}: unknown key {key!r} (keys: {', '.join(_BATCH_KEYS)})."
+            )
+        bad_bool = isinstance(value, bool) and expected in ((int, float),)
+        if bad_bool or not isinstance(value, expected):
+            raise ConfigurationError(
+                f"line {lineno}: {key} must be {_TYPE_NAMES[expected]}, got {json.dumps(value)[:60]}."
+            )
+    for key in ("taskClass", "stage", "resources"):
+        if key not in obj:
+            raise ConfigurationError(f"line {lineno}: {key} is required.")
+    resources = obj["resources"]
+    signals = cache.signals(resources) if isinstance(resources, str) else SignalSnapshot(resources)
+    router = cache.router(obj.get("policy"), obj.get("optimizer"), obj.get("priceCatalog"))
+    request = RouteRequest(
+        task_class=obj["taskClass"],
+        stage=obj["stage"],
+        signals=signals,
+        risk_class=obj.get("riskClass", "medium"),
+        requested_lane=obj.get("requestedLane"),
+        escalation_reason=obj.get("escalationReason"),
+        budget_window=obj.get("budgetWindow", "task"),
+        budget_remaining=float(obj.get("budgetRemaining", 2.0)),
+        deterministic=obj.get("deterministic", False),
+    )
+    return router, request
+
+
+def _run_batch(lines: Iterable[str], out: IO[str], fmt: str) -> int:
+    cache = _Cache()
+    errors = 0
+    write = out.write
+    for lineno, line in enumerate(lines, start=1):
+        try:
+            if not line.strip():
+                raise ConfigurationError(f"line {lineno}: empty line; expected one JSON request object.")
+            router, request = _batch_request(line, lineno, cache)
+            text = _dump(_render(router.decide(request), fmt), compact=True)
+        except ConfigurationError as exc:
+            errors += 1
+            message = str(exc)
+            if not message.startswith("line "):
+                message = f"line {lineno}: {message}"
+            text = json.dumps({"error": message}, ensure_ascii=False)
+        except ValueError as exc:  # pydantic ValidationError (e.g. a NaN budget)
+            errors += 1
+            first = str(exc).splitlines()
+            text = json.dumps({"error": f"line {lineno}: invalid request: {' '.join(first[:3])}"})
+        write(text)
+        write("\n")
+    out.flush()
+    return 0
+
+
+def _cmd_route(args: argparse.Namespace) -> int:
+    if args.batch is not None:
+        if args.batch == "-":
+            return _run_batch(sys.stdin, sys.stdout, args.format)
+        try:
+            with open(args.batch, encoding="utf-8") as fh:
+                return _run_batch(fh, sys.stdout, args.format)
+        except OSError as exc:
+            _err(f"cannot read batch file {args.batch}: {exc.strerror}.")
+            return 1
+    missing = [flag for flag, value in (("--resources", args.resources), ("--task-class", args.task_class),
+                                        ("--stage", args.stage)) if value is None]
+    if missing:
+        _err(f"route needs {', '.join(missing)} (or --batch FILE).")
+        return 2
+    cache = _Cache()
+    try:
+        router = cache.router(args.policy, args.optimizer, args.price_catalog)
+        request = RouteRequest(
+            task_class=args.task_class,
+            stage=args.stage,
+            signals=cache.signals(args.resources),
+            risk_class=args.risk_class,
+            requested_lane=args.requested_lane,
+            escalation_reason=args.escalation_reason,
+            budget_window=args.budget_window,
+            budget_remaining=args.budget_remaining,
+            deterministic=args.deterministic,
+        )
+        decision = router.decide(request)
+    except ConfigurationError as exc:
+        _err(str(exc))
+        return 1
+    for warning in router.bundle.warnings:
+        _err(f"warning: {warning}")
+    print(_dump(_render(decision, args.format), compact=args.compact))
+    return 0
+
+
+# ---------------------------------------------------------------------- validate
+
+_ROLE_OF = {RoutingPolicy: "policy", RoutingOptimizer: "optimizer", PriceCatalog: "catalog"}
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from agentlanes import _bundled
+
+    problems: list[str] = []
+    warnings: list[str] = []
+    by_role: dict[str, list[Loaded]] = {"policy": [], "optimizer": [], "catalog": []}
+    files: Sequence[str] = args.files
+    if not files:
+        loaded_all = []
+        for role in ("policy", "optimizer", "catalog"):
+            try:
+                loaded_all.append(_bundled.default_loaded(role))
+            except PolicyError as exc:
+                problems.extend(m for _, m in exc.problems)
+        for item in loaded_all:
+            by_role[_ROLE_OF[type(item.document)]].append(item)
+    for path in files:
+        try:
+            item = load_document(path)
+        except PolicyError as exc:
+            problems.extend(m for _, m in exc.problems)
+            continue
+        warnings.extend(item.warnings)
+        role = _ROLE_OF.get(type(item.document))
+        if role is not None:
+            by_role[role].append(item)
+        print(f"ok: {item.source} ({type(item.document).__name__}, {item.digest})")
+    # Cross-document checks when there is one document per role to check against;
+    # roles not given are taken from the bundled defaults.
+    if any(by_role.values()) and all(len(v) <= 1 for v in by_role.values()):
+        trio = [by_role[r][0] if by_role[r] else _bundled.default_loaded(r) for r in ("policy", "optimizer", "catalog")]
+        try:
+            bundle = PolicyBundle.from_loaded(*trio)
+            warnings.extend(w for w in bundle.warnings if w not in warnings)
+            if not files:
+                for item in trio:
+                    print(f"ok: {item.source} ({type(item.document).__name__}, {item.digest})")
+        except PolicyError as exc:
+            problems.extend(m for _, m in exc.problems)
+    for w in warnings:
+        _err(f"warning: {w}")
+    for p in problems:
+        _err(f"error: {p}")
+    if problems or (args.strict and warnings):
+        return 1
+    return 0
+
+
+# ------------------------------------------------------------------------- main
+
+
+def _err(message: str) -> None:
+    print(f"agentlanes: {message}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="agentlanes",
+        description="Route agent stages to the cheapest lane that can safely do them.",
+    )
+    parser.add_argument("--version", action="version", version=f"agentlanes {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    route = sub.add_parser("route", help="decide which lane may run a stage")
+    route.add_argument("--policy", help="routing policy document (default: bundled)")
+    route.add_argument("--optimizer", help="budget/resource optimizer document (default: bundled)")
+    route.add_argument("--price-catalog", help="model price catalog document (default: bundled)")
+    route.add_argument("--resources", metavar="FILE", help="resource signals (JSON object); required")
+    route.add_argument("--task-class", help="task class of the policy, e.g. routine-code")
+    route.add_argument("--stage", help="chain stage, e.g. planning")
+    route.add_argument("--risk-class", default="medium", help="risk class (default: medium)")
+    route.add_argument("--requested-lane", choices=list(LANES), help="lane the caller asks for")
+    route.add_argument("--escalation-reason", help="one of the policy's allowed escalation reasons")
+    route.add_argument("--budget-window", default="task", help="budget window (default: task)")
+    route.add_argument("--budget-remaining", type=float, default=2.0, help="money left (default: 2.0)")
+    route.add_argument("--deterministic", action="store_true",
+                       help="the stage has a deterministic verifier or tool (routes to no-model)")
+    route.add_argument("--format", choices=["native", "upstream"], default="native",
+                       help="native agentlanes form or the upstream AgentExecutionRouteDecision")
+    route.add_argument("--compact", action="store_true", help="one-line JSON")
+    route.add_argument("--batch", metavar="FILE",
+                       help="decide one JSON request per line of FILE ('-' for stdin); one output line each")
+    route.set_defaults(func=_cmd_route)
+
+    validate = sub.add_parser("validate", help="validate routing documents")
+    validate.add_argument("files", nargs="*", help="documents to check (default: the bundled ones)")
+    validate.add_argument("--strict", action="store_true", help="treat warnings as errors")
+    validate.set_defaults(func=_cmd_validate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "budget_remaining", None) is not None and args.budget_remaining != args.budget_remaining:
+        _err("--budget-remaining must be a finite number.")
+        return 2
+    try:
+        result: int = args.func(args)
+    except BrokenPipeError:
+        return 0
+    return result

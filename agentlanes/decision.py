@@ -1,0 +1,311 @@
+"""Route requests and decisions.
+
+:class:`RouteRequest` is a typed pydantic model (it arrives from users, the CLI and batch
+files). :class:`RouteDecision` and :class:`Candidate` are immutable named tuples: the router
+builds one per stage on the hot path, where a validating model (or a frozen dataclass,
+whose ``__init__`` goes through ``object.__setattr__`` per field) would cost more than
+the decision itself. Both render to JSON in two forms:
+
+* **native** (:meth:`RouteDecision.to_native`): everything agentlanes knows, including
+  the signal problems, the escalation state, upgrades and document digests;
+  ``schemaVersion`` ``agentlanes.route-decision/1``.
+* **upstream** (:meth:`RouteDecision.to_upstream`): the public
+  ``AgentExecutionRouteDecision`` v0.1 document, valid against its schema.
+
+Schema versions of the native form:
+``agentlanes.route-decision/1``: first version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, NamedTuple
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+from agentlanes.signals import REQUIRED_SIGNALS, SignalSnapshot
+
+if TYPE_CHECKING:
+    from agentlanes.router import RouterMeta
+
+__all__ = ["NATIVE_SCHEMA_VERSION", "Candidate", "DecisionStatus", "RouteDecision", "RouteRequest", "Upgrade"]
+
+NATIVE_SCHEMA_VERSION: Final = "agentlanes.route-decision/1"
+DecisionStatus = Literal["selected", "downgraded", "deferred", "denied"]
+
+
+class RouteRequest(BaseModel):
+    """What one stage asks the router.
+
+    Names are checked against the documents by the router (an unknown task class,
+    stage, risk class, window or lane is a :class:`~agentlanes.errors.RouteInputError`).
+    """
+
+    model_config = ConfigDict(
+        strict=True,
+        frozen=True,
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        serialize_by_alias=True,
+        arbitrary_types_allowed=True,
+    )
+
+    task_class: str
+    """A ``taskClass`` of the policy, e.g. ``routine-code``."""
+    stage: str
+    """A ``chainStages[].stage`` of the policy, e.g. ``planning``."""
+    signals: SignalSnapshot
+    """The resource signals; pass a mapping and it is checked into a snapshot."""
+    risk_class: str = "medium"
+    requested_lane: str | None = None
+    escalation_reason: str | None = None
+    budget_window: str = "task"
+    budget_remaining: Annotated[float, Field(allow_inf_nan=False)] = 2.0
+    """What the caller says is left in the window; a ledger may lower it further."""
+    deterministic: bool = False
+    """The stage has a deterministic verifier or tool (CONTRACT B3)."""
+
+    @field_validator("signals", mode="plain")
+    @classmethod
+    def _snapshot(cls, value: object) -> SignalSnapshot:
+        if isinstance(value, SignalSnapshot):
+            return value
+        if isinstance(value, BaseModel) and hasattr(value, "snapshot"):
+            snap = value.snapshot()
+            assert isinstance(snap, SignalSnapshot)
+            return snap
+        if isinstance(value, Mapping):
+            return SignalSnapshot(value)
+        raise TypeError(
+            f"signals must be a mapping of resource signals or a SignalSnapshot, not {type(value).__name__}"
+        )
+
+
+class Candidate(NamedTuple):
+    """One lane as the router evaluated it.
+
+    Attributes:
+        lane: the lane.
+        feasible: true when no rule fired.
+        estimated_cost: in the catalog's currency, rounded to 6 decimals.
+        reasons: every rule that fired, in the contract's rule order (empty if feasible).
+    """
+
+    lane: str
+    feasible: bool
+    estimated_cost: float
+    reasons: tuple[str, ...]
+
+    def to_native(self) -> dict[str, Any]:
+        """JSON form (camelCase)."""
+        return {
+            "lane": self.lane,
+            "feasible": self.feasible,
+            "estimatedCost": self.estimated_cost,
+            "reasons": list(self.reasons),
+        }
+
+
+class Upgrade(NamedTuple):
+    """A selection ranked above the requested lane (never silent: CONTRACT B4).
+
+    Attributes:
+        requested: the lane the caller asked for.
+        selected: the lane chosen instead.
+        causes: why the requested lane was not used (its failing rules).
+    """
+
+    requested: str
+    selected: str
+    causes: tuple[str, ...]
+
+
+class RouteDecision(NamedTuple):
+    """The router's answer for one stage; pure data, no clock in it.
+
+    Attributes:
+        decision_id: digest of the inputs (documents, request, signals).
+        status: ``selected``, ``downgraded``, ``deferred`` or ``denied``.
+        lane: the chosen lane, ``None`` unless selected/downgraded.
+        reason: the headline reason (``cheapest-feasible-candidate``...).
+        reasons: every reason behind the status (signal problems for a fail-closed
+            decision, else the headline reason).
+        estimated_cost: cost of the chosen lane.
+        candidates: every lane of ``candidateOrder``, in that order.
+        requested: evaluation of the requested lane, if one was requested.
+        upgrade: set when the selection ranks above the requested lane.
+        escalation_reason: the reason given, if any.
+        escalation_valid: whether it is one of the policy's allowed reasons.
+        budget_remaining: what the decision was allowed to spend (least of the
+            caller's figure and the ledger's, when a ledger was consulted).
+        ledger_remaining: the ledger's figure, when one was consulted.
+        request: the request.
+        meta: the router's constants (document refs, floors) used to render it.
+    """
+
+    decision_id: str
+    status: DecisionStatus
+    lane: str | None
+    reason: str
+    reasons: tuple[str, ...]
+    estimated_cost: float | None
+    candidates: tuple[Candidate, ...]
+    requested: Candidate | None
+    upgrade: Upgrade | None
+    escalation_valid: bool
+    budget_remaining: float
+    ledger_remaining: float | None
+    request: RouteRequest
+    meta: RouterMeta
+
+    @property
+    def admitted(self) -> bool:
+        """True when a lane may run the stage."""
+        return self.lane is not None
+
+    @property
+    def stage(self) -> str:
+        """The stage this decision is for."""
+        return self.request.stage
+
+    @property
+    def task_class(self) -> str:
+        """The task class this decision is for."""
+        return self.request.task_class
+
+    def candidate(self, lane: str) -> Candidate | None:
+        """The candidate for ``lane``, if it was evaluated."""
+        for cand in self.candidates:
+            if cand.lane == lane:
+                return cand
+        return None
+
+    def to_native(self) -> dict[str, Any]:
+        """Everything agentlanes knows about this decision, as JSON-ready data."""
+        req = self.request
+        meta = self.meta
+        return {
+            "schemaVersion": NATIVE_SCHEMA_VERSION,
+            "decisionId": self.decision_id,
+            "status": self.status,
+            "lane": self.lane,
+            "reason": self.reason,
+            "reasons": list(self.reasons),
+            "estimatedCost": self.estimated_cost,
+            "costClass": meta.cost_class.get(self.lane) if self.lane else None,
+            "input": {
+                "taskClass": req.task_class,
+                "stage": req.stage,
+                "riskClass": req.risk_class,
+                "requestedLane": req.requested_lane,
+                "escalationReason": req.escalation_reason,
+                "budgetWindow": req.budget_window,
+                "budgetRemaining": req.budget_remaining,
+                "deterministic": req.deterministic,
+            },
+            "escalation": {
+                "reason": req.escalation_reason,
+                "valid": self.escalation_valid,
+                "inForce": self.escalation_valid,
+            },
+            "upgrade": None
+            if self.upgrade is None
+            else {
+                "requested": self.upgrade.requested,
+                "selected": self.upgrade.selected,
+                "causes": list(self.upgrade.causes),
+            },
+            "quality": meta.quality(req.risk_class, req.stage, req.deterministic),
+            "budget": {
+                "window": req.budget_window,
+                "requested": req.budget_remaining,
+                "ledgerRemaining": self.ledger_remaining,
+                "remaining": self.budget_remaining,
+                "currency": meta.currency,
+                "onBudgetPressure": meta.on_budget_pressure,
+                "premiumReserveShare": meta.premium_reserve_share,
+            },
+            "candidates": [c.to_native() for c in self.candidates],
+            "requestedEvaluation": None if self.requested is None else self.requested.to_native(),
+            "signals": {
+                "digest": req.signals.digest,
+                "problems": list(req.signals.problems),
+                "values": dict(req.signals.raw),
+            },
+            "documents": dict(meta.documents),
+        }
+
+    def to_upstream(self, *, created_at: datetime | str | None = None) -> dict[str, Any]:
+        """The public ``AgentExecutionRouteDecision`` v0.1 document.
+
+        Args:
+            created_at: timestamp to stamp on the document (now, in UTC, by default).
+                It is not part of :attr:`decision_id`.
+        """
+        req = self.request
+        meta = self.meta
+        if created_at is None:
+            created_at = datetime.now(UTC)
+        if isinstance(created_at, datetime):
+            created_at = created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+        raw = req.signals.raw
+        resources = {k: raw[k] for k in sorted(raw) if k != "estimatedLaneCosts"}
+        for name in REQUIRED_SIGNALS:
+            resources.setdefault(name, None)
+        requested = None
+        if self.requested is not None:
+            requested = {
+                "lane": self.requested.lane,
+                "feasible": self.requested.feasible,
+                "reasons": list(self.requested.reasons) or ["feasible"],
+            }
+        floor = meta.quality(req.risk_class, req.stage, req.deterministic)
+        return {
+            "schemaVersion": "v0.1",
+            "kind": "AgentExecutionRouteDecision",
+            "decisionId": self.decision_id,
+            "createdAt": created_at,
+            "policyRef": meta.policy_ref,
+            "optimizerRef": meta.optimizer_ref,
+            "input": {
+                "taskClass": req.task_class,
+                "stage": req.stage,
+                "riskClass": req.risk_class,
+                "requestedLane": req.requested_lane,
+                "escalationReason": req.escalation_reason,
+                "budgetWindow": req.budget_window,
+                "budgetRemaining": req.budget_remaining,
+            },
+            "selected": {
+                "lane": self.lane,
+                "status": self.status,
+                "reason": self.reason,
+                "costClass": meta.cost_class.get(self.lane) if self.lane else None,
+                "estimatedCost": self.estimated_cost,
+            },
+            "quality": {
+                "minimumLane": floor["minimumLane"],
+                "requiresVerification": floor["requiresVerification"],
+            },
+            "budget": {
+                "window": req.budget_window,
+                "remaining": self.budget_remaining,
+                "onBudgetPressure": meta.on_budget_pressure,
+                "premiumReserveShare": meta.premium_reserve_share,
+            },
+            "resources": resources,
+            "requestedEvaluation": requested,
+            "candidateSet": [
+                {
+                    "lane": c.lane,
+                    "feasible": c.feasible,
+                    "estimatedCost": c.estimated_cost,
+                    "reasons": list(c.reasons) or ["feasible"],
+                }
+                for c in self.candidates
+            ],
+            "evidence": dict(meta.upstream_evidence),
+        }
