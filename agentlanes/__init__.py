@@ -30,13 +30,10 @@ from agentlanes.signals import ResourceSignals, SignalSnapshot
 __version__ = "0.1.0"
 
 __all__ = [
-    # errors
     "AgentLanesError",
-    # routing
     "Candidate",
     "ConfigurationError",
     "Lane",
-    # documents
     "PolicyBundle",
     "PolicyError",
     "PriceCatalog",

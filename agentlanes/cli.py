@@ -14,14 +14,21 @@ import argparse
 import json
 import sys
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import IO, Any
 
 from agentlanes import __version__
 from agentlanes.decision import RouteDecision, RouteRequest
 from agentlanes.errors import ConfigurationError, PolicyError
 from agentlanes.lanes import LANES
-from agentlanes.policy import Loaded, PolicyBundle, RoutingOptimizer, RoutingPolicy, PriceCatalog, load_document, read_json
+from agentlanes.policy import (
+    Loaded,
+    PolicyBundle,
+    PriceCatalog,
+    RoutingOptimizer,
+    RoutingPolicy,
+    load_document,
+    read_json,
+)
 from agentlanes.router import Router
 from agentlanes.signals import SignalSnapshot
 
@@ -69,16 +76,15 @@ class _Cache:
         if snap is None:
             data = read_json(path)
             if not isinstance(data, dict):
-                raise ConfigurationError(
-                    f"{path}: resource signals must be a JSON object, not {type(data).__name__}."
-                )
+                raise ConfigurationError(f"{path}: resource signals must be a JSON object, not {type(data).__name__}.")
             snap = self.resources[path] = SignalSnapshot(data)
         return snap
 
 
 # ------------------------------------------------------------------------- route
 
-_BATCH_KEYS = {
+_Types = type | tuple[type, ...]
+_BATCH_KEYS: dict[str, _Types] = {
     "policy": str,
     "optimizer": str,
     "priceCatalog": str,
@@ -92,7 +98,7 @@ _BATCH_KEYS = {
     "budgetRemaining": (int, float),
     "deterministic": bool,
 }
-_TYPE_NAMES = {
+_TYPE_NAMES: dict[_Types, str] = {
     str: "a string",
     (dict, str): "an object or a path",
     (str, type(None)): "a string or null",
@@ -111,9 +117,7 @@ def _batch_request(line: str, lineno: int, cache: _Cache) -> tuple[Router, Route
     for key, value in obj.items():
         expected = _BATCH_KEYS.get(key)
         if expected is None:
-            raise ConfigurationError(
-                f"line {lineno}: unknown key {key!r} (keys: {', '.join(_BATCH_KEYS)})."
-            )
+            raise ConfigurationError(f"line {lineno}: unknown key {key!r} (keys: {', '.join(_BATCH_KEYS)}).")
         bad_bool = isinstance(value, bool) and expected in ((int, float),)
         if bad_bool or not isinstance(value, expected):
             raise ConfigurationError(
@@ -175,8 +179,11 @@ def _cmd_route(args: argparse.Namespace) -> int:
         except OSError as exc:
             _err(f"cannot read batch file {args.batch}: {exc.strerror}.")
             return 1
-    missing = [flag for flag, value in (("--resources", args.resources), ("--task-class", args.task_class),
-                                        ("--stage", args.stage)) if value is None]
+    missing = [
+        flag
+        for flag, value in (("--resources", args.resources), ("--task-class", args.task_class), ("--stage", args.stage))
+        if value is None
+    ]
     if missing:
         _err(f"route needs {', '.join(missing)} (or --batch FILE).")
         return 2
@@ -232,9 +239,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             problems.extend(m for _, m in exc.problems)
             continue
         warnings.extend(item.warnings)
-        role = _ROLE_OF.get(type(item.document))
-        if role is not None:
-            by_role[role].append(item)
+        kind = _ROLE_OF.get(type(item.document))
+        if kind is not None:
+            by_role[kind].append(item)
         print(f"ok: {item.source} ({type(item.document).__name__}, {item.digest})")
     # Cross-document checks when there is one document per role to check against;
     # roles not given are taken from the bundled defaults.
@@ -285,13 +292,21 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument("--escalation-reason", help="one of the policy's allowed escalation reasons")
     route.add_argument("--budget-window", default="task", help="budget window (default: task)")
     route.add_argument("--budget-remaining", type=float, default=2.0, help="money left (default: 2.0)")
-    route.add_argument("--deterministic", action="store_true",
-                       help="the stage has a deterministic verifier or tool (routes to no-model)")
-    route.add_argument("--format", choices=["native", "upstream"], default="native",
-                       help="native agentlanes form or the upstream AgentExecutionRouteDecision")
+    route.add_argument(
+        "--deterministic",
+        action="store_true",
+        help="the stage has a deterministic verifier or tool (routes to no-model)",
+    )
+    route.add_argument(
+        "--format",
+        choices=["native", "upstream"],
+        default="native",
+        help="native agentlanes form or the upstream AgentExecutionRouteDecision",
+    )
     route.add_argument("--compact", action="store_true", help="one-line JSON")
-    route.add_argument("--batch", metavar="FILE",
-                       help="decide one JSON request per line of FILE ('-' for stdin); one output line each")
+    route.add_argument(
+        "--batch", metavar="FILE", help="decide one JSON request per line of FILE ('-' for stdin); one output line each"
+    )
     route.set_defaults(func=_cmd_route)
 
     validate = sub.add_parser("validate", help="validate routing documents")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
-from agentlanes.signals import REQUIRED_SIGNALS, SignalSnapshot
+from agentlanes.signals import REQUIRED_SIGNALS, ResourceSignals, SignalSnapshot
 
 if TYPE_CHECKING:
     from agentlanes.router import RouterMeta
@@ -68,15 +68,30 @@ class RouteRequest(BaseModel):
     deterministic: bool = False
     """The stage has a deterministic verifier or tool (CONTRACT B3)."""
 
+    if TYPE_CHECKING:
+        # What callers may pass: the validator below turns mappings and
+        # ResourceSignals into a SignalSnapshot, so the attribute is always one.
+        def __init__(
+            self,
+            *,
+            task_class: str,
+            stage: str,
+            signals: SignalSnapshot | Mapping[str, Any] | ResourceSignals,
+            risk_class: str = "medium",
+            requested_lane: str | None = None,
+            escalation_reason: str | None = None,
+            budget_window: str = "task",
+            budget_remaining: float = 2.0,
+            deterministic: bool = False,
+        ) -> None: ...
+
     @field_validator("signals", mode="plain")
     @classmethod
     def _snapshot(cls, value: object) -> SignalSnapshot:
         if isinstance(value, SignalSnapshot):
             return value
-        if isinstance(value, BaseModel) and hasattr(value, "snapshot"):
-            snap = value.snapshot()
-            assert isinstance(snap, SignalSnapshot)
-            return snap
+        if isinstance(value, ResourceSignals):
+            return value.snapshot()
         if isinstance(value, Mapping):
             return SignalSnapshot(value)
         raise TypeError(

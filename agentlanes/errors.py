@@ -86,9 +86,7 @@ class RouteDeferred(RunError):
         decision: the full decision, with every candidate and its reasons.
     """
 
-    def __init__(
-        self, decision: RouteDecision, *, run_id: str | None = None, stage: str | None = None
-    ) -> None:
+    def __init__(self, decision: RouteDecision, *, run_id: str | None = None, stage: str | None = None) -> None:
         reasons = ", ".join(decision.reasons) or decision.reason
         super().__init__(
             f"Stage {decision.stage!r} was {decision.status} by the router ({reasons}); "

@@ -487,9 +487,7 @@ _D = TypeVar("_D", bound=BaseModel)
 
 def canonical_json(value: object) -> bytes:
     """Canonical JSON bytes (sorted keys, no spaces, UTF-8, no NaN) for digests."""
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8")
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
 
 
 def _pointer(loc: tuple[int | str, ...]) -> str:
@@ -684,9 +682,7 @@ def load_document(doc: str | Path | Mapping[str, Any], *, source: str | None = N
     unknown: list[str] = []
     canonical = _walk(document, "", unknown)
     digest = "sha256:" + hashlib.sha256(canonical_json(canonical)).hexdigest()
-    warnings = tuple(
-        f"{src}: unknown field {p} is ignored (it cannot change a routing decision)." for p in unknown
-    )
+    warnings = tuple(f"{src}: unknown field {p} is ignored (it cannot change a routing decision)." for p in unknown)
     assert isinstance(
         document, (RoutingPolicy, RoutingOptimizer, PriceCatalog, LocalPersonalRouteBinding, ResourceSignals)
     )
@@ -696,8 +692,7 @@ def load_document(doc: str | Path | Mapping[str, Any], *, source: str | None = N
 def _expect(loaded: Loaded, model: type[_D], role: str) -> _D:
     if not isinstance(loaded.document, model):
         raise PolicyError(
-            f"{loaded.source}: expected a {model.__name__} document for {role}, "
-            f"got {type(loaded.document).__name__}.",
+            f"{loaded.source}: expected a {model.__name__} document for {role}, got {type(loaded.document).__name__}.",
             source=loaded.source,
             pointer="/kind",
         )
@@ -753,40 +748,76 @@ class PolicyBundle:
         def add(src: str, found: Iterator[tuple[str, str]] | list[tuple[str, str]]) -> None:
             problems.extend((src, p, m) for p, m in found)
 
-        add(policy.source, _duplicates([t.task_class for t in pol.task_classes], "/taskClasses", policy.source, "taskClass"))
+        add(
+            policy.source,
+            _duplicates([t.task_class for t in pol.task_classes], "/taskClasses", policy.source, "taskClass"),
+        )
         add(policy.source, _duplicates([s.stage for s in pol.chain_stages], "/chainStages", policy.source, "stage"))
         add(policy.source, _duplicates([m.lane_id for m in pol.model_lanes], "/modelLanes", policy.source, "laneId"))
-        add(optimizer.source, _duplicates([w.window for w in opt.budget_policy.windows], "/budgetPolicy/windows", optimizer.source, "window"))
-        add(optimizer.source, _duplicates([f.risk_class for f in opt.quality_policy.risk_floors], "/qualityPolicy/riskFloors", optimizer.source, "riskClass"))
+        add(
+            optimizer.source,
+            _duplicates(
+                [w.window for w in opt.budget_policy.windows], "/budgetPolicy/windows", optimizer.source, "window"
+            ),
+        )
+        add(
+            optimizer.source,
+            _duplicates(
+                [f.risk_class for f in opt.quality_policy.risk_floors],
+                "/qualityPolicy/riskFloors",
+                optimizer.source,
+                "riskClass",
+            ),
+        )
         add(catalog.source, _duplicates([lane.lane_id for lane in cat.lanes], "/lanes", catalog.source, "laneId"))
 
         order = opt.selection_policy.candidate_order
         for i, lane in enumerate(order):
             if lane not in RANK:
-                problems.append((optimizer.source, f"/selectionPolicy/candidateOrder/{i}",
-                                 f"{optimizer.source}: Lane {lane!r} at /selectionPolicy/candidateOrder/{i} "
-                                 f"is not a lane (lanes: {lane_list()})."))
+                problems.append(
+                    (
+                        optimizer.source,
+                        f"/selectionPolicy/candidateOrder/{i}",
+                        f"{optimizer.source}: Lane {lane!r} at /selectionPolicy/candidateOrder/{i} "
+                        f"is not a lane (lanes: {lane_list()}).",
+                    )
+                )
         add(optimizer.source, _duplicates(order, "/selectionPolicy/candidateOrder", optimizer.source, "lane"))
 
         for i, entry in enumerate(cat.lanes):
             refs = [p.profile_ref for p in entry.profiles]
             add(catalog.source, _duplicates(refs, f"/lanes/{i}/profiles", catalog.source, "profileRef"))
             if entry.default_profile_ref not in refs:
-                problems.append((catalog.source, f"/lanes/{i}/defaultProfileRef",
-                                 f"{catalog.source}: defaultProfileRef {entry.default_profile_ref!r} at "
-                                 f"/lanes/{i}/defaultProfileRef names no profile of lane {entry.lane_id!r} "
-                                 f"(profiles: {', '.join(refs)})."))
+                problems.append(
+                    (
+                        catalog.source,
+                        f"/lanes/{i}/defaultProfileRef",
+                        f"{catalog.source}: defaultProfileRef {entry.default_profile_ref!r} at "
+                        f"/lanes/{i}/defaultProfileRef names no profile of lane {entry.lane_id!r} "
+                        f"(profiles: {', '.join(refs)}).",
+                    )
+                )
         priced = {lane.lane_id for lane in cat.lanes}
         for i, lane in enumerate(order):
             if lane in RANK and lane not in priced:
-                problems.append((catalog.source, "/lanes",
-                                 f"{catalog.source}: the catalog prices no lane {lane!r}, which the optimizer "
-                                 f"lists at /selectionPolicy/candidateOrder/{i}; add a /lanes entry for it."))
+                problems.append(
+                    (
+                        catalog.source,
+                        "/lanes",
+                        f"{catalog.source}: the catalog prices no lane {lane!r}, which the optimizer "
+                        f"lists at /selectionPolicy/candidateOrder/{i}; add a /lanes entry for it.",
+                    )
+                )
         if opt.budget_policy.currency != cat.currency:
-            problems.append((catalog.source, "/currency",
-                             f"{catalog.source}: /currency is {cat.currency!r} but the optimizer's budgets are in "
-                             f"{opt.budget_policy.currency!r} (/budgetPolicy/currency); costs and budgets must "
-                             "share one currency."))
+            problems.append(
+                (
+                    catalog.source,
+                    "/currency",
+                    f"{catalog.source}: /currency is {cat.currency!r} but the optimizer's budgets are in "
+                    f"{opt.budget_policy.currency!r} (/budgetPolicy/currency); costs and budgets must "
+                    "share one currency.",
+                )
+            )
         if opt.policy_ref != pol.policy_id:
             # A warning, not an error: nothing in a decision depends on the pairing of
             # ids, every decision records both refs, and refusing would make it hard to
@@ -799,10 +830,10 @@ class PolicyBundle:
         if problems:
             src, pointer, first = problems[0]
             more = f" ({len(problems) - 1} more problem(s))" if len(problems) > 1 else ""
-            raise PolicyError(first + more, source=src, pointer=pointer,
-                              problems=[(p, m) for _, p, m in problems])
-        return cls(policy=pol, optimizer=opt, catalog=cat, loaded=(policy, optimizer, catalog),
-                   warnings=tuple(warnings))
+            raise PolicyError(first + more, source=src, pointer=pointer, problems=[(p, m) for _, p, m in problems])
+        return cls(
+            policy=pol, optimizer=opt, catalog=cat, loaded=(policy, optimizer, catalog), warnings=tuple(warnings)
+        )
 
 
 def load_bundle(

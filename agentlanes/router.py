@@ -5,7 +5,10 @@ once. :meth:`Router.decide` then does no I/O, reads no clock and allocates littl
 rules that depend only on names (floor, stage cap, task class, premium reason, window
 shares) are cached per (task class, stage, risk, escalation state, window, deterministic)
 and the signal rules (local admission, hosted admission, premium quota) are a handful of
-comparisons on a checked :class:`~agentlanes.signals.SignalSnapshot`.
+comparisons on a checked :class:`~agentlanes.signals.SignalSnapshot`. Everything that
+does not depend on the budget figure is compiled into a *plan* per (names, escalation
+state, snapshot digest) and reused, so a warm decision is one dict lookup, one budget
+comparison per lane, a scan of the preference order and one digest.
 
 Budget seam (CONTRACT B6): ``decide(request, ledger_remaining=x)`` decides with the least
 of the caller's ``budgetRemaining`` and what a budget ledger says the window has left.
@@ -21,8 +24,8 @@ from typing import Any, Final
 from agentlanes.decision import Candidate, DecisionStatus, RouteDecision, RouteRequest, Upgrade
 from agentlanes.errors import RouteInputError
 from agentlanes.lanes import COST_CLASS, HOSTED_LANES, PREMIUM_LANES, RANK, lane_list
-from agentlanes.policy import PolicyBundle, load_bundle
-from agentlanes.signals import REQUIRED_SIGNALS
+from agentlanes.policy import BudgetWindow, ChainStage, PolicyBundle, TaskClass, load_bundle
+from agentlanes.signals import REQUIRED_SIGNALS, SignalSnapshot
 
 __all__ = ["DETERMINISTIC_STAGES", "Router", "RouterMeta"]
 
@@ -30,7 +33,8 @@ DETERMINISTIC_STAGES: Final[frozenset[str]] = frozenset({"verification", "tool-u
 """Stages that route to ``no-model`` regardless of the risk floor when they declare a
 deterministic verifier or tool (CONTRACT B3)."""
 
-_NO_REASONS: Final[tuple[str, ...]] = ()
+_ID_PREFIX: Final = "urn:agentlanes:route-decision:"
+_Plan = tuple[tuple[tuple[Candidate, Candidate, float], ...], tuple[int, ...], tuple[str, ...]]
 _FEASIBLE_KEY_COST: Final = -1  # marker in a sort-key template: "put the cost here"
 
 
@@ -75,7 +79,9 @@ class RouterMeta:
         costs = dict(COST_CLASS)
         costs.update({m.lane_id: m.cost_class for m in pol.model_lanes})
         self.cost_class = costs
-        self.floors = {f.risk_class: (f.minimum_lane, f.requires_verification) for f in opt.quality_policy.risk_floors}
+        self.floors: dict[str, tuple[str, bool]] = {
+            f.risk_class: (f.minimum_lane, f.requires_verification) for f in opt.quality_policy.risk_floors
+        }
         ev = opt.evidence
         self.upstream_evidence = {
             "emitRouteDecision": pol.evidence.emit_route_decision,
@@ -123,7 +129,6 @@ class Router:
     __slots__ = (
         "_allowed_reasons",
         "_bundle_digest",
-        "_cost_memo",
         "_costing",
         "_extra_required",
         "_fail_status",
@@ -131,6 +136,7 @@ class Router:
         "_hosted",
         "_local",
         "_order",
+        "_plans",
         "_premium_reserve",
         "_stages",
         "_static",
@@ -146,10 +152,10 @@ class Router:
         pol, opt, cat = self.bundle.policy, self.bundle.optimizer, self.bundle.catalog
         self.meta = RouterMeta(self.bundle)
         self._order: tuple[str, ...] = tuple(opt.selection_policy.candidate_order)
-        self._tasks = {t.task_class: t for t in pol.task_classes}
-        self._stages = {s.stage: s for s in pol.chain_stages}
-        self._floors = {f.risk_class: f.minimum_lane for f in opt.quality_policy.risk_floors}
-        self._windows = {w.window: w for w in opt.budget_policy.windows}
+        self._tasks: dict[str, TaskClass] = {t.task_class: t for t in pol.task_classes}
+        self._stages: dict[str, ChainStage] = {s.stage: s for s in pol.chain_stages}
+        self._floors: dict[str, str] = {f.risk_class: f.minimum_lane for f in opt.quality_policy.risk_floors}
+        self._windows: dict[str, BudgetWindow] = {w.window: w for w in opt.budget_policy.windows}
         self._allowed_reasons = frozenset(pol.escalation_policy.allowed_reasons)
         self._extra_required = tuple(
             s for s in dict.fromkeys(opt.resource_policy.required_signals) if s not in REQUIRED_SIGNALS
@@ -204,7 +210,7 @@ class Router:
             template[lane] = tuple(key)
         self._template = template
         self._static: dict[tuple[Any, ...], dict[str, tuple[tuple[str, ...], tuple[str, ...]]]] = {}
-        self._cost_memo: dict[str, dict[str, float]] = {}
+        self._plans: dict[tuple[Any, ...], _Plan] = {}
         self._bundle_digest = self.bundle.digest
 
     # ------------------------------------------------------------------ lookups
@@ -235,9 +241,7 @@ class Router:
         if not self._order:
             raise RouteInputError(f"Optimizer {self.meta.optimizer_ref} has an empty candidateOrder.")
 
-    def _static_reasons(
-        self, req: RouteRequest, escalation: int
-    ) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
+    def _static_reasons(self, req: RouteRequest, escalation: int) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
         """Rules 1-4 (before the signal rules) and 9 (after the budget rule), per lane."""
         key = (req.task_class, req.stage, req.risk_class, req.budget_window, req.deterministic, escalation)
         cached = self._static.get(key)
@@ -273,9 +277,187 @@ class Router:
             self._static[key] = table
         return table
 
-    # ------------------------------------------------------------------ costs
+    # ------------------------------------------------------------------ decide
 
-    def lane_cost(self, lane: str, signals: Any) -> float:
+    def decide(self, request: RouteRequest, *, ledger_remaining: float | None = None) -> RouteDecision:
+        """Decide which lane may run ``request``'s stage.
+
+        Args:
+            request: the stage's request.
+            ledger_remaining: what a budget ledger says the window has left; the
+                decision uses the least of this and ``request.budget_remaining``.
+
+        Raises:
+            RouteInputError: the request names a task class, stage, risk class, window
+                or lane the documents do not define.
+        """
+        req = request
+        sig = req.signals
+        reason_given = req.escalation_reason
+        escalation = 0 if not reason_given else (1 if reason_given in self._allowed_reasons else 2)
+        key = (req.task_class, req.stage, req.risk_class, req.budget_window, req.deterministic, escalation, sig.digest)
+        plan = self._plans.get(key)
+        if plan is None:
+            self._lookup(req)
+            plan = self._plan(req, escalation)
+            if len(self._plans) >= 2048:  # bounded; entries are cheap to rebuild
+                self._plans.clear()
+            self._plans[key] = plan
+        asked = req.requested_lane
+        if asked is not None and asked not in RANK:
+            raise RouteInputError(f"Requested lane {asked!r} is not a lane (lanes: {lane_list()}).")
+
+        budget = req.budget_remaining
+        if ledger_remaining is not None and ledger_remaining < budget:
+            budget = ledger_remaining
+        lanes, preference, problems = plan
+        candidates = tuple([ok if cost <= budget else over for ok, over, cost in lanes])
+
+        requested: Candidate | None = None
+        if asked is not None:
+            for cand in candidates:
+                if cand.lane == asked:
+                    requested = cand
+                    break
+            else:
+                ok, over, cost = self._lane_plan(asked, req, escalation)
+                requested = ok if cost <= budget else over
+
+        upgrade = None
+        status: DecisionStatus
+        lane: str | None = None
+        cost_out: float | None = None
+        if problems:
+            status, reason, reasons = self._fail_status, problems[0], problems
+        else:
+            for i in preference:
+                cand = candidates[i]
+                if cand.feasible:
+                    lane, cost_out = cand.lane, cand.estimated_cost
+                    break
+            if lane is None:
+                status, reason = "deferred", "no-feasible-candidate"
+            elif asked is not None and asked != lane:
+                reason = f"requested-lane-not-optimal-or-feasible:{asked}"
+                if RANK[lane] < RANK[asked]:
+                    status = "downgraded"
+                else:
+                    status = "selected"
+                    assert requested is not None
+                    upgrade = Upgrade(asked, lane, requested.reasons)
+            else:
+                status, reason = "selected", "cheapest-feasible-candidate"
+            reasons = (reason,)
+
+        ident = f"{self._bundle_digest}|{key!r}|{asked}|{reason_given}|{float(budget)!r}"
+        decision_id = _ID_PREFIX + hashlib.sha256(ident.encode()).hexdigest()[:32]
+        return RouteDecision(
+            decision_id,
+            status,
+            lane,
+            reason,
+            reasons,
+            cost_out,
+            candidates,
+            requested,
+            upgrade,
+            escalation == 1,
+            float(budget),
+            ledger_remaining,
+            req,
+            self.meta,
+        )
+
+    # ------------------------------------------------------------------ planning
+
+    def _plan(self, req: RouteRequest, escalation: int) -> _Plan:
+        """Everything about a decision that does not depend on the budget figure.
+
+        For each lane of ``candidateOrder``: its candidate when affordable, its
+        candidate when over budget, and its cost; the order in which feasible lanes
+        are preferred (tie-breakers, then rank); and the signal problems.
+        """
+        lanes = tuple(self._lane_plan(lane, req, escalation) for lane in self._order)
+        problems = self._signal_problems(req.signals)
+        template = self._template
+        keyed = []
+        for i, (ok, _over, cost) in enumerate(lanes):
+            if ok.feasible:
+                tpl = template[ok.lane]
+                keyed.append((tuple(cost if v == _FEASIBLE_KEY_COST else v for v in tpl), i))
+        keyed.sort()
+        return lanes, tuple(i for _, i in keyed), problems
+
+    def _signal_problems(self, sig: SignalSnapshot) -> tuple[str, ...]:
+        problems = sig.problems
+        if self._extra_required:
+            missing = sig.missing(self._extra_required)
+            if missing:
+                problems = tuple(sorted((*problems, *missing)))
+        return problems
+
+    def _lane_plan(self, lane: str, req: RouteRequest, escalation: int) -> tuple[Candidate, Candidate, float]:
+        """One lane under all nine rules, with and without ``budget-insufficient``."""
+        pre, post = self._static_reasons(req, escalation)[lane]
+        sig = req.signals
+        cost = self.lane_cost(lane, sig)
+        problems = self._signal_problems(sig)
+        if problems:
+            reasons = (*problems, *pre, *post)
+            cand = Candidate(lane, False, cost, reasons)
+            return cand, cand, cost
+        dyn: tuple[str, ...] = ()
+        if lane == "local-cheap":
+            dyn = self._local_reasons(sig)
+        elif lane in HOSTED_LANES:
+            dyn = self._hosted_reasons(sig)
+            if lane in PREMIUM_LANES:
+                dyn += self._premium_reasons(sig)
+        ok_reasons = (*pre, *dyn, *post)
+        over_reasons = (*pre, *dyn, "budget-insufficient", *post)
+        return Candidate(lane, not ok_reasons, cost, ok_reasons), Candidate(lane, False, cost, over_reasons), cost
+
+    def _local_reasons(self, sig: SignalSnapshot) -> tuple[str, ...]:
+        """Rule 5: local admission of ``local-cheap``."""
+        deny_thermal, deny_battery, min_memory = self._local
+        out = []
+        if not sig.local_model_profile_available:
+            out.append("local-model-profile-unavailable")
+        if not sig.local_service_healthy:
+            out.append("local-service-unhealthy")
+        if deny_thermal and sig.thermal_state == "critical":
+            out.append("thermal-critical")
+        if deny_battery and sig.battery_state == "critical":
+            out.append("battery-critical")
+        if sig.memory_available_bytes < min_memory:
+            out.append("insufficient-local-memory")
+        return tuple(out)
+
+    def _hosted_reasons(self, sig: SignalSnapshot) -> tuple[str, ...]:
+        """Rule 6: hosted admission of ``cheap`` and above."""
+        needs_net, deny_unknown, check_errors, max_err, max_lat = self._hosted
+        out = []
+        if needs_net and not sig.network_available:
+            out.append("network-unavailable")
+        if deny_unknown and not sig.provider_quota_known:
+            out.append("provider-quota-unknown")
+        if check_errors and sig.provider_error_rate > max_err:
+            out.append("provider-error-rate-too-high")
+        if max_lat is not None and sig.provider_latency_p95_ms > max_lat:
+            out.append("provider-latency-too-high")
+        return tuple(out)
+
+    def _premium_reasons(self, sig: SignalSnapshot) -> tuple[str, ...]:
+        """Rule 7: the premium quota reserve."""
+        share = sig.provider_quota_remaining_share
+        out = []
+        if share < 0:
+            out.append("provider-quota-share-missing")
+        if share < self._premium_reserve:
+            out.append("premium-reserve-below-threshold")
+        return tuple(out)
+
+    def lane_cost(self, lane: str, signals: SignalSnapshot) -> float:
         """Estimated cost of one call on ``lane`` under ``signals`` (CONTRACT A)."""
         overrides = signals.estimated_lane_costs
         if overrides is not None and lane in overrides:
@@ -294,200 +476,6 @@ class Router:
         )
         return round(amount if amount > c.minimum else c.minimum, 6)
 
-    # ------------------------------------------------------------------ decide
-
-    def decide(self, request: RouteRequest, *, ledger_remaining: float | None = None) -> RouteDecision:
-        """Decide which lane may run ``request``'s stage.
-
-        Args:
-            request: the stage's request.
-            ledger_remaining: what a budget ledger says the window has left; the
-                decision uses the least of this and ``request.budget_remaining``.
-
-        Raises:
-            RouteInputError: the request names a task class, stage, risk class, window
-                or lane the documents do not define.
-        """
-        req = request
-        self._lookup(req)
-        reason_given = req.escalation_reason
-        escalation = 0 if not reason_given else (1 if reason_given in self._allowed_reasons else 2)
-        static = self._static_reasons(req, escalation)
-        sig = req.signals
-        budget = req.budget_remaining
-        if ledger_remaining is not None and ledger_remaining < budget:
-            budget = ledger_remaining
-
-        problems = sig.problems
-        if self._extra_required:
-            missing = sig.missing(self._extra_required)
-            if missing:
-                problems = tuple(sorted((*problems, *missing)))
-
-        # Signal rules: computed once per decision, shared by the lanes they concern.
-        local_r: tuple[str, ...] = _NO_REASONS
-        hosted_r: tuple[str, ...] = _NO_REASONS
-        premium_r: tuple[str, ...] = _NO_REASONS
-        if problems:
-            local_r = hosted_r = problems
-        else:
-            deny_thermal, deny_battery, min_memory = self._local
-            lr = []
-            if not sig.local_model_profile_available:
-                lr.append("local-model-profile-unavailable")
-            if not sig.local_service_healthy:
-                lr.append("local-service-unhealthy")
-            if deny_thermal and sig.thermal_state == "critical":
-                lr.append("thermal-critical")
-            if deny_battery and sig.battery_state == "critical":
-                lr.append("battery-critical")
-            if sig.memory_available_bytes < min_memory:
-                lr.append("insufficient-local-memory")
-            if lr:
-                local_r = tuple(lr)
-            needs_net, deny_unknown, check_errors, max_err, max_lat = self._hosted
-            hr = []
-            if needs_net and not sig.network_available:
-                hr.append("network-unavailable")
-            if deny_unknown and not sig.provider_quota_known:
-                hr.append("provider-quota-unknown")
-            if check_errors and sig.provider_error_rate > max_err:
-                hr.append("provider-error-rate-too-high")
-            if max_lat is not None and sig.provider_latency_p95_ms > max_lat:
-                hr.append("provider-latency-too-high")
-            if hr:
-                hosted_r = tuple(hr)
-            share = sig.provider_quota_remaining_share
-            if share < 0:
-                premium_r = (
-                    ("provider-quota-share-missing", "premium-reserve-below-threshold")
-                    if share < self._premium_reserve
-                    else ("provider-quota-share-missing",)
-                )
-            elif share < self._premium_reserve:
-                premium_r = ("premium-reserve-below-threshold",)
-
-        costs = self._cost_memo.get(sig.digest)
-        if costs is None:
-            costs = self._costs(sig)
-
-        candidates = []
-        best: Candidate | None = None
-        best_key: tuple[float, ...] | None = None
-        template = self._template
-        for lane in self._order:
-            cand = self._evaluate(lane, static, costs, problems, local_r, hosted_r, premium_r, budget)
-            candidates.append(cand)
-            if cand.feasible:
-                tpl = template[lane]
-                key = tuple(cand.estimated_cost if v == _FEASIBLE_KEY_COST else v for v in tpl)
-                if best_key is None or key < best_key:
-                    best, best_key = cand, key
-        requested = None
-        asked = req.requested_lane
-        if asked is not None:
-            for cand in candidates:
-                if cand.lane == asked:
-                    requested = cand
-                    break
-            else:
-                requested = self._evaluate(asked, static, costs, problems, local_r, hosted_r, premium_r, budget)
-
-        upgrade = None
-        status: DecisionStatus
-        if problems:
-            status, lane, reason, reasons, cost = self._fail_status, None, problems[0], problems, None
-        elif best is None:
-            status, lane, reason, cost = "deferred", None, "no-feasible-candidate", None
-            reasons = (reason,)
-        else:
-            lane, cost = best.lane, best.estimated_cost
-            if asked is not None and asked != lane:
-                reason = f"requested-lane-not-optimal-or-feasible:{asked}"
-                if RANK[lane] < RANK[asked]:
-                    status = "downgraded"
-                else:
-                    status = "selected"
-                    assert requested is not None
-                    upgrade = Upgrade(asked, lane, requested.reasons)
-            else:
-                status, reason = "selected", "cheapest-feasible-candidate"
-            reasons = (reason,)
-
-        ident = "|".join(
-            (
-                self._bundle_digest,
-                req.task_class,
-                req.stage,
-                req.risk_class,
-                req.requested_lane or "",
-                reason_given or "",
-                req.budget_window,
-                repr(float(budget)),
-                "d" if req.deterministic else "",
-                sig.digest,
-            )
-        )
-        decision_id = "urn:agentlanes:route-decision:" + hashlib.sha256(ident.encode()).hexdigest()[:32]
-        return RouteDecision(
-            decision_id,
-            status,
-            lane,
-            reason,
-            reasons,
-            cost,
-            tuple(candidates),
-            requested,
-            upgrade,
-            escalation == 1,
-            float(budget),
-            ledger_remaining,
-            req,
-            self.meta,
-        )
-
-    @staticmethod
-    def _evaluate(
-        lane: str,
-        static: dict[str, tuple[tuple[str, ...], tuple[str, ...]]],
-        costs: dict[str, float],
-        problems: tuple[str, ...],
-        local_r: tuple[str, ...],
-        hosted_r: tuple[str, ...],
-        premium_r: tuple[str, ...],
-        budget: float,
-    ) -> Candidate:
-        """All nine rules for one lane, reasons in the contract's rule order."""
-        pre, post = static[lane]
-        cost = costs[lane]
-        if problems:
-            reasons = (*problems, *pre, *post)
-        else:
-            if lane == "local-cheap":
-                dyn = local_r
-            elif lane in PREMIUM_LANES:
-                dyn = hosted_r + premium_r
-            elif lane in HOSTED_LANES:
-                dyn = hosted_r
-            else:
-                dyn = _NO_REASONS
-            if cost > budget:
-                reasons = (*pre, *dyn, "budget-insufficient", *post)
-            elif dyn or post:
-                reasons = (*pre, *dyn, *post)
-            else:
-                reasons = pre
-        return Candidate(lane, not reasons, cost, reasons)
-
-    def _costs(self, sig: Any) -> dict[str, float]:
-        """Every lane's cost under ``sig``, memoised by the snapshot's digest (bounded)."""
-        costs = {lane: self.lane_cost(lane, sig) for lane in self._costing}
-        memo = self._cost_memo
-        if len(memo) >= 256:
-            memo.clear()
-        memo[sig.digest] = costs
-        return costs
-
-    def route(self, *, signals: Mapping[str, Any] | Any, **fields: Any) -> RouteDecision:
+    def route(self, *, signals: Mapping[str, Any] | SignalSnapshot, **fields: Any) -> RouteDecision:
         """Convenience: build a :class:`RouteRequest` from keywords and decide it."""
         return self.decide(RouteRequest(signals=signals, **fields))

@@ -115,11 +115,11 @@ class SignalSnapshot:
 
     __slots__ = (
         "battery_state",
+        "cache_read_tokens",
         "digest",
         "estimated_lane_costs",
         "extra_present",
         "input_tokens",
-        "cache_read_tokens",
         "local_energy_minutes",
         "local_model_profile_available",
         "local_runtime_minutes",
@@ -172,7 +172,8 @@ class SignalSnapshot:
                     problems.append(f"missing-signal:{name}")
             elif not _valid(kind, get(name)):
                 problems.append(
-                    f"missing-signal:{name}" if get(name) is None and name not in _OPTIONAL
+                    f"missing-signal:{name}"
+                    if get(name) is None and name not in _OPTIONAL
                     else f"invalid-signal:{name}"
                 )
         costs: dict[str, float] | None = None
