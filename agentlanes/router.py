@@ -17,6 +17,7 @@ of the caller's ``budgetRemaining`` and what a budget ledger says the window has
 from __future__ import annotations
 
 import hashlib
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -34,7 +35,34 @@ DETERMINISTIC_STAGES: Final[frozenset[str]] = frozenset({"verification", "tool-u
 deterministic verifier or tool (CONTRACT B3)."""
 
 _ID_PREFIX: Final = "urn:agentlanes:route-decision:"
-_Plan = tuple[tuple[tuple[Candidate, Candidate, float], ...], tuple[int, ...], tuple[str, ...]]
+_PACK_DOUBLE: Final = struct.Struct("<d").pack
+_new_tuple: Final = tuple.__new__
+
+
+class _Plan:
+    """Everything about a decision that does not depend on the budget figure."""
+
+    __slots__ = ("affordable", "best_affordable", "hasher", "lanes", "max_cost", "preference", "problems")
+
+    def __init__(
+        self,
+        lanes: tuple[tuple[Candidate, Candidate, float], ...],
+        preference: tuple[int, ...],
+        problems: tuple[str, ...],
+        hasher: hashlib._Hash,
+    ) -> None:
+        self.lanes = lanes
+        """Per candidate lane: its candidate when affordable, when over budget, its cost."""
+        self.preference = preference
+        """Indices of lanes feasible-if-affordable, best first (tie-breakers, then rank)."""
+        self.problems = problems
+        """Signal problems; non-empty means the decision fails closed."""
+        self.hasher = hasher
+        """sha256 state fed with the documents' digest and the plan key."""
+        self.max_cost = max((cost for _, _, cost in lanes), default=0.0)
+        self.affordable = tuple(ok for ok, _, _ in lanes)
+        """The candidates when the budget covers every lane (the common case)."""
+        self.best_affordable = next((self.affordable[i] for i in preference), None)
 _FEASIBLE_KEY_COST: Final = -1  # marker in a sort-key template: "put the cost here"
 
 
@@ -46,6 +74,7 @@ class _Costing:
     free: bool
     base: float
     per_in: float
+    """Price per million input tokens (divided by 1e6 at use, as the contract writes it)."""
     per_out: float
     per_cache: float
     per_tool: float
@@ -182,9 +211,9 @@ class Router:
                 lane=lane,
                 free=entry.cost_model == "none",
                 base=p.request_base_cost,
-                per_in=p.input_per_million / 1e6,
-                per_out=p.output_per_million / 1e6,
-                per_cache=(p.cache_read_per_million or 0.0) / 1e6,
+                per_in=p.input_per_million,
+                per_out=p.output_per_million,
+                per_cache=p.cache_read_per_million or 0.0,
                 per_tool=p.tool_call_cost or 0.0,
                 per_runtime=p.local_runtime_cost_per_minute or 0.0,
                 per_energy=p.local_energy_cost_per_minute or 0.0,
@@ -299,7 +328,7 @@ class Router:
         plan = self._plans.get(key)
         if plan is None:
             self._lookup(req)
-            plan = self._plan(req, escalation)
+            plan = self._plan(req, escalation, key)
             if len(self._plans) >= 2048:  # bounded; entries are cheap to rebuild
                 self._plans.clear()
             self._plans[key] = plan
@@ -307,11 +336,21 @@ class Router:
         if asked is not None and asked not in RANK:
             raise RouteInputError(f"Requested lane {asked!r} is not a lane (lanes: {lane_list()}).")
 
-        budget = req.budget_remaining
+        budget = float(req.budget_remaining)
         if ledger_remaining is not None and ledger_remaining < budget:
-            budget = ledger_remaining
-        lanes, preference, problems = plan
-        candidates = tuple([ok if cost <= budget else over for ok, over, cost in lanes])
+            budget = float(ledger_remaining)
+        problems = plan.problems
+        best: Candidate | None
+        if budget >= plan.max_cost:
+            candidates = plan.affordable
+            best = plan.best_affordable
+        else:
+            candidates = tuple([ok if cost <= budget else over for ok, over, cost in plan.lanes])
+            best = None
+            for i in plan.preference:
+                if candidates[i].feasible:
+                    best = candidates[i]
+                    break
 
         requested: Candidate | None = None
         if asked is not None:
@@ -330,11 +369,8 @@ class Router:
         if problems:
             status, reason, reasons = self._fail_status, problems[0], problems
         else:
-            for i in preference:
-                cand = candidates[i]
-                if cand.feasible:
-                    lane, cost_out = cand.lane, cand.estimated_cost
-                    break
+            if best is not None:
+                lane, cost_out = best.lane, best.estimated_cost
             if lane is None:
                 status, reason = "deferred", "no-feasible-candidate"
             elif asked is not None and asked != lane:
@@ -349,9 +385,17 @@ class Router:
                 status, reason = "selected", "cheapest-feasible-candidate"
             reasons = (reason,)
 
-        ident = f"{self._bundle_digest}|{key!r}|{asked}|{reason_given}|{float(budget)!r}"
-        decision_id = _ID_PREFIX + hashlib.sha256(ident.encode()).hexdigest()[:32]
-        return RouteDecision(
+        # The plan's hasher already holds the documents' digest and the plan key (names,
+        # escalation state, signal digest); the rest of the input goes in here.
+        # The budget goes in as its 8 IEEE-754 bytes: fixed length (so the text after it
+        # is unambiguous) and far cheaper than formatting a float.
+        h = plan.hasher.copy()
+        h.update(_PACK_DOUBLE(budget))
+        if asked is not None or reason_given is not None:
+            h.update(f"|{asked}|{reason_given}".encode())
+        decision_id = _ID_PREFIX + h.hexdigest()[:32]
+        # tuple.__new__ directly: the NamedTuple's generated __new__ is a Python frame.
+        return _new_tuple(RouteDecision, (
             decision_id,
             status,
             lane,
@@ -362,15 +406,15 @@ class Router:
             requested,
             upgrade,
             escalation == 1,
-            float(budget),
+            budget,
             ledger_remaining,
             req,
             self.meta,
-        )
+        ))
 
     # ------------------------------------------------------------------ planning
 
-    def _plan(self, req: RouteRequest, escalation: int) -> _Plan:
+    def _plan(self, req: RouteRequest, escalation: int, key: tuple[Any, ...]) -> _Plan:
         """Everything about a decision that does not depend on the budget figure.
 
         For each lane of ``candidateOrder``: its candidate when affordable, its
@@ -386,7 +430,8 @@ class Router:
                 tpl = template[ok.lane]
                 keyed.append((tuple(cost if v == _FEASIBLE_KEY_COST else v for v in tpl), i))
         keyed.sort()
-        return lanes, tuple(i for _, i in keyed), problems
+        hasher = hashlib.sha256(f"{self._bundle_digest}|{key!r}".encode())
+        return _Plan(lanes, tuple(i for _, i in keyed), problems, hasher)
 
     def _signal_problems(self, sig: SignalSnapshot) -> tuple[str, ...]:
         problems = sig.problems
@@ -465,11 +510,14 @@ class Router:
         c = self._costing[lane]
         if c.free:
             return 0.0
+        # Term by term and in the contract's order (`in·inputPerMillion/1e6`, not
+        # `in·(inputPerMillion/1e6)`): the two round differently at half-way points,
+        # and a decision must not depend on how an implementation factored the formula.
         amount = (
             c.base
-            + signals.input_tokens * c.per_in
-            + signals.output_tokens * c.per_out
-            + signals.cache_read_tokens * c.per_cache
+            + signals.input_tokens * c.per_in / 1e6
+            + signals.output_tokens * c.per_out / 1e6
+            + signals.cache_read_tokens * c.per_cache / 1e6
             + signals.tool_calls * c.per_tool
             + signals.local_runtime_minutes * c.per_runtime
             + signals.local_energy_minutes * c.per_energy

@@ -219,3 +219,18 @@ def test_module_entry_point_runs(tmp_path: Path, resources: Path) -> None:
                           capture_output=True, text=True, cwd=tmp_path, check=False, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["lane"] == "standard"
+
+
+def test_batch_inline_signals_are_never_confused(capsys: pytest.CaptureFixture[str]) -> None:
+    # Same keys, values that differ only in type or by a hair: each line must be
+    # decided on its own signals even though snapshots are shared between equal objects.
+    variants = [healthy(), healthy(networkAvailable=1), healthy(), healthy(providerErrorRate=0.05),
+                healthy(providerErrorRate=0.0500001), healthy(networkAvailable=False)]
+    lines = "\n".join(json.dumps({"taskClass": "routine-code", "stage": "planning", "resources": v})
+                      for v in variants) + "\n"
+    out = io.StringIO()
+    assert cli._run_batch(io.StringIO(lines), out, "native") == 0
+    rows = [json.loads(x) for x in out.getvalue().splitlines()]
+    assert [r["lane"] for r in rows] == ["standard", None, "standard", "standard", None, None]
+    assert rows[1]["reasons"] == ["invalid-signal:networkAvailable"]
+    assert "provider-error-rate-too-high" in rows[4]["candidates"][3]["reasons"]

@@ -419,3 +419,11 @@ def test_upstream_defaults_and_documents_do_not_leak_between_routers() -> None:
     d = decide(strict, task_class="routine-code", stage="planning")
     assert d.status == "deferred"
     assert decide(Router(), task_class="routine-code", stage="planning").lane == "standard"
+
+
+def test_cost_follows_the_contract_formula_at_half_way_points(router: Router) -> None:
+    # 0.001 + 274*0.15/1e6 + 85974*0.6/1e6 lands on a rounding boundary where
+    # pre-dividing the price by 1e6 would give 0.052625 instead of 0.052626.
+    d = decide(router, healthy(estimatedInputTokens=274, estimatedOutputTokens=85974),
+               task_class="formatting-rewrite", stage="intake", risk_class="low")
+    assert d.candidate("cheap").estimated_cost == round(0.001 + 274 * 0.15 / 1e6 + 85974 * 0.6 / 1e6, 6) == 0.052626
