@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, assert_type
 
-from agentlanes import Candidate, Lane, PolicyBundle, RouteDecision, RouteRequest, Router, SignalSnapshot, load_bundle
+from agentlanes import Candidate, Lane, PolicyBundle, RouteDecision, Router, RouteRequest, SignalSnapshot, load_bundle
 
 
 def test_public_types() -> None:
