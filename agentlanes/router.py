@@ -63,6 +63,8 @@ class _Plan:
         self.affordable = tuple(ok for ok, _, _ in lanes)
         """The candidates when the budget covers every lane (the common case)."""
         self.best_affordable = next((self.affordable[i] for i in preference), None)
+
+
 _FEASIBLE_KEY_COST: Final = -1  # marker in a sort-key template: "put the cost here"
 
 
@@ -395,22 +397,25 @@ class Router:
             h.update(f"|{asked}|{reason_given}".encode())
         decision_id = _ID_PREFIX + h.hexdigest()[:32]
         # tuple.__new__ directly: the NamedTuple's generated __new__ is a Python frame.
-        return _new_tuple(RouteDecision, (
-            decision_id,
-            status,
-            lane,
-            reason,
-            reasons,
-            cost_out,
-            candidates,
-            requested,
-            upgrade,
-            escalation == 1,
-            budget,
-            ledger_remaining,
-            req,
-            self.meta,
-        ))
+        return _new_tuple(
+            RouteDecision,
+            (
+                decision_id,
+                status,
+                lane,
+                reason,
+                reasons,
+                cost_out,
+                candidates,
+                requested,
+                upgrade,
+                escalation == 1,
+                budget,
+                ledger_remaining,
+                req,
+                self.meta,
+            ),
+        )
 
     # ------------------------------------------------------------------ planning
 
