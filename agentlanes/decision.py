@@ -67,6 +67,10 @@ class RouteRequest(BaseModel):
     """What the caller says is left in the window; a ledger may lower it further."""
     deterministic: bool = False
     """The stage has a deterministic verifier or tool (CONTRACT B3)."""
+    excluded_lanes: tuple[tuple[str, str], ...] = ()
+    """Chain state (CONTRACT C): lanes this stage may not use, each with the reason that
+    is added to its candidate, e.g. ``(("standard", "escalated-from:standard"),)`` after
+    repeated standard-lane failure or ``(("cheap", "provider-unavailable"),)``."""
 
     if TYPE_CHECKING:
         # What callers may pass: the validator below turns mappings and
@@ -83,6 +87,7 @@ class RouteRequest(BaseModel):
             budget_window: str = "task",
             budget_remaining: float = 2.0,
             deterministic: bool = False,
+            excluded_lanes: tuple[tuple[str, str], ...] = (),
         ) -> None: ...
 
     @field_validator("signals", mode="plain")
@@ -220,6 +225,7 @@ class RouteDecision(NamedTuple):
                 "budgetWindow": req.budget_window,
                 "budgetRemaining": req.budget_remaining,
                 "deterministic": req.deterministic,
+                "excludedLanes": dict(req.excluded_lanes),
             },
             "escalation": {
                 "reason": req.escalation_reason,

@@ -267,6 +267,11 @@ class Router:
                 f"Budget window {req.budget_window!r} is not defined in optimizer {self.meta.optimizer_ref} "
                 f"(windows: {', '.join(self._windows)})."
             )
+        for lane, why in req.excluded_lanes:
+            if lane not in RANK or not why:
+                raise RouteInputError(
+                    f"Excluded lane {lane!r} (reason {why!r}) is not a lane with a reason (lanes: {lane_list()})."
+                )
         if req.requested_lane is not None and req.requested_lane not in RANK:
             raise RouteInputError(f"Requested lane {req.requested_lane!r} is not a lane (lanes: {lane_list()}).")
         if not self._order:
@@ -310,13 +315,22 @@ class Router:
 
     # ------------------------------------------------------------------ decide
 
-    def decide(self, request: RouteRequest, *, ledger_remaining: float | None = None) -> RouteDecision:
+    def decide(
+        self,
+        request: RouteRequest,
+        *,
+        ledger_remaining: float | None = None,
+        premium_remaining: tuple[float, float] | None = None,
+    ) -> RouteDecision:
         """Decide which lane may run ``request``'s stage.
 
         Args:
             request: the stage's request.
             ledger_remaining: what a budget ledger says the window has left; the
                 decision uses the least of this and ``request.budget_remaining``.
+            premium_remaining: what the ledger's ``highEndMaxShare`` / ``proMaxShare``
+                leave for ``high-end`` and ``pro``; a premium lane whose cost exceeds
+                it gets ``high-end-share-exhausted`` / ``pro-share-exhausted``.
 
         Raises:
             RouteInputError: the request names a task class, stage, risk class, window
@@ -326,7 +340,16 @@ class Router:
         sig = req.signals
         reason_given = req.escalation_reason
         escalation = 0 if not reason_given else (1 if reason_given in self._allowed_reasons else 2)
-        key = (req.task_class, req.stage, req.risk_class, req.budget_window, req.deterministic, escalation, sig.digest)
+        key = (
+            req.task_class,
+            req.stage,
+            req.risk_class,
+            req.budget_window,
+            req.deterministic,
+            escalation,
+            sig.digest,
+            req.excluded_lanes,
+        )
         plan = self._plans.get(key)
         if plan is None:
             self._lookup(req)
@@ -343,7 +366,9 @@ class Router:
             budget = float(ledger_remaining)
         problems = plan.problems
         best: Candidate | None
-        if budget >= plan.max_cost:
+        if premium_remaining is not None and not problems:
+            candidates, best = self._with_premium_caps(plan, budget, premium_remaining)
+        elif budget >= plan.max_cost:
             candidates = plan.affordable
             best = plan.best_affordable
         else:
@@ -395,6 +420,8 @@ class Router:
         h.update(_PACK_DOUBLE(budget))
         if asked is not None or reason_given is not None:
             h.update(f"|{asked}|{reason_given}".encode())
+        if premium_remaining is not None:
+            h.update(b"|p" + _PACK_DOUBLE(premium_remaining[0]) + _PACK_DOUBLE(premium_remaining[1]))
         decision_id = _ID_PREFIX + h.hexdigest()[:32]
         # tuple.__new__ directly: the NamedTuple's generated __new__ is a Python frame.
         return _new_tuple(
@@ -416,6 +443,24 @@ class Router:
                 self.meta,
             ),
         )
+
+    @staticmethod
+    def _with_premium_caps(
+        plan: _Plan, budget: float, premium_remaining: tuple[float, float]
+    ) -> tuple[tuple[Candidate, ...], Candidate | None]:
+        """Candidates when a ledger caps the premium lanes' share (CONTRACT B6)."""
+        caps = {"high-end": premium_remaining[0], "pro": premium_remaining[1]}
+        out: list[Candidate] = []
+        for ok, over, cost in plan.lanes:
+            cand = ok if cost <= budget else over
+            cap = caps.get(cand.lane)
+            if cap is not None and cost > cap:
+                why = f"{cand.lane}-share-exhausted"
+                cand = Candidate(cand.lane, False, cost, (*cand.reasons, why))
+            out.append(cand)
+        candidates = tuple(out)
+        best = next((candidates[i] for i in plan.preference if candidates[i].feasible), None)
+        return candidates, best
 
     # ------------------------------------------------------------------ planning
 
@@ -453,7 +498,8 @@ class Router:
         cost = self.lane_cost(lane, sig)
         problems = self._signal_problems(sig)
         if problems:
-            reasons = (*problems, *pre, *post)
+            excluded_ = tuple(why for name, why in req.excluded_lanes if name == lane)
+            reasons = (*problems, *pre, *post, *excluded_)
             cand = Candidate(lane, False, cost, reasons)
             return cand, cand, cost
         dyn: tuple[str, ...] = ()
@@ -463,8 +509,9 @@ class Router:
             dyn = self._hosted_reasons(sig)
             if lane in PREMIUM_LANES:
                 dyn += self._premium_reasons(sig)
-        ok_reasons = (*pre, *dyn, *post)
-        over_reasons = (*pre, *dyn, "budget-insufficient", *post)
+        excluded = tuple(why for name, why in req.excluded_lanes if name == lane)
+        ok_reasons = (*pre, *dyn, *post, *excluded)
+        over_reasons = (*pre, *dyn, "budget-insufficient", *post, *excluded)
         return Candidate(lane, not ok_reasons, cost, ok_reasons), Candidate(lane, False, cost, over_reasons), cost
 
     def _local_reasons(self, sig: SignalSnapshot) -> tuple[str, ...]:

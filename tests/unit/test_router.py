@@ -427,3 +427,24 @@ def test_cost_follows_the_contract_formula_at_half_way_points(router: Router) ->
     d = decide(router, healthy(estimatedInputTokens=274, estimatedOutputTokens=85974),
                task_class="formatting-rewrite", stage="intake", risk_class="low")
     assert d.candidate("cheap").estimated_cost == round(0.001 + 274 * 0.15 / 1e6 + 85974 * 0.6 / 1e6, 6) == 0.052626
+
+
+def test_excluded_lanes_carry_their_reason_and_are_never_selected(router: Router) -> None:
+    d = decide(router, task_class="routine-code", stage="execution", escalation_reason="repeated-standard-lane-failure",
+               excluded_lanes=(("standard", "escalated-from:standard"),))
+    assert d.lane == "high-end"
+    assert reasons_of(d, "standard") == ("escalated-from:standard",)
+    d2 = decide(router, task_class="routine-code", stage="execution")
+    assert d2.lane == "standard" and d2.decision_id != d.decision_id
+    with pytest.raises(RouteInputError, match="Excluded lane 'turbo'"):
+        decide(router, task_class="routine-code", stage="execution", excluded_lanes=(("turbo", "x"),))
+
+
+def test_premium_share_headroom_from_a_ledger(router: Router) -> None:
+    req = RouteRequest(task_class="architecture-decision", stage="planning", risk_class="high",
+                       escalation_reason="architecture-decision", signals=healthy())
+    assert router.decide(req, premium_remaining=(0.5, 0.1)).lane == "high-end"
+    d = router.decide(req, premium_remaining=(0.2, 0.1))
+    assert d.status == "deferred"
+    assert reasons_of(d, "high-end")[-1] == "high-end-share-exhausted"
+    assert d.decision_id != router.decide(req, premium_remaining=(0.5, 0.1)).decision_id

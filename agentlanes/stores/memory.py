@@ -1,0 +1,130 @@
+"""An in-process store: counters behind one lock."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from agentlanes.budget import Refusal, Reservation, WindowSpec, WindowState
+from agentlanes.stores.base import Sealer, Store, StoredReceipt, check_admission, settle_amounts
+
+__all__ = ["MemoryStore"]
+
+# Per window instance: committed, overrun, high-end committed, pro committed,
+# reserved, high-end reserved, pro reserved.
+_C, _O, _HC, _PC, _R, _HR, _PR = range(7)
+
+
+class MemoryStore(Store):
+    """Everything in memory; atomic across tasks and threads of one process.
+
+    Args:
+        clock: seconds since the epoch, for reservation leases (injectable for tests).
+    """
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._windows: dict[tuple[str, str], list[int]] = {}
+        self._reservations: dict[str, Reservation] = {}
+        self._receipts: dict[str, list[StoredReceipt]] = {}
+        self._runs: dict[str, dict[str, Any]] = {}
+
+    def _row(self, spec: WindowSpec) -> list[int]:
+        row = self._windows.get((spec.window, spec.key))
+        if row is None:
+            row = self._windows[(spec.window, spec.key)] = [0] * 7
+        return row
+
+    def _unreserve(self, res: Reservation) -> None:
+        for spec in res.windows:
+            row = self._row(spec)
+            row[_R] -= res.amount
+            if res.lane == "high-end":
+                row[_HR] -= res.amount
+            elif res.lane == "pro":
+                row[_PR] -= res.amount
+
+    def _reap(self) -> None:
+        now = self._clock()
+        expired = [r for r in self._reservations.values() if r.expires_at <= now]
+        for res in expired:
+            del self._reservations[res.id]
+            self._unreserve(res)
+
+    def _state(self, spec: WindowSpec) -> WindowState:
+        row = self._windows.get((spec.window, spec.key)) or [0] * 7
+        return WindowState(spec, row[_C], row[_R], row[_HC] + row[_HR], row[_PC] + row[_PR], row[_O])
+
+    async def reserve(
+        self, windows: Sequence[WindowSpec], lane: str, amount: int, *, lease_seconds: float
+    ) -> Reservation | Refusal:
+        with self._lock:
+            self._reap()
+            for spec in windows:
+                refusal = check_admission(self._state(spec), lane, amount)
+                if refusal is not None:
+                    return refusal
+            res = Reservation(uuid.uuid4().hex, lane, amount, tuple(windows), self._clock() + lease_seconds)
+            self._reservations[res.id] = res
+            for spec in windows:
+                row = self._row(spec)
+                row[_R] += amount
+                if lane == "high-end":
+                    row[_HR] += amount
+                elif lane == "pro":
+                    row[_PR] += amount
+            return res
+
+    async def settle(self, reservation: Reservation, actual: int) -> int:
+        with self._lock:
+            if self._reservations.pop(reservation.id, None) is not None:
+                self._unreserve(reservation)
+            charged_total = actual
+            for spec in reservation.windows:
+                charged, overrun = settle_amounts(self._state(spec), reservation.lane, actual)
+                row = self._row(spec)
+                row[_C] += charged
+                row[_O] += overrun
+                if reservation.lane == "high-end":
+                    row[_HC] += charged
+                elif reservation.lane == "pro":
+                    row[_PC] += charged
+                charged_total = min(charged_total, charged)
+            return charged_total
+
+    async def release(self, reservation: Reservation) -> None:
+        with self._lock:
+            if self._reservations.pop(reservation.id, None) is not None:
+                self._unreserve(reservation)
+
+    async def window_states(self, windows: Sequence[WindowSpec]) -> list[WindowState]:
+        with self._lock:
+            self._reap()
+            return [self._state(spec) for spec in windows]
+
+    async def append_receipt(self, run_id: str, body: dict[str, Any], seal: Sealer) -> StoredReceipt:
+        with self._lock:
+            chain = self._receipts.setdefault(run_id, [])
+            body = {**body, "seq": len(chain), "prev": chain[-1].digest if chain else None}
+            digest, text = seal(body)
+            stored = StoredReceipt(run_id, body["seq"], digest, body["prev"], text)
+            chain.append(stored)
+            return stored
+
+    async def receipts(self, run_id: str | None = None) -> list[StoredReceipt]:
+        with self._lock:
+            if run_id is not None:
+                return list(self._receipts.get(run_id, []))
+            return [r for chain in self._receipts.values() for r in chain]
+
+    async def record_run(self, run: Mapping[str, Any]) -> None:
+        with self._lock:
+            self._runs.setdefault(str(run["runId"]), {}).update(run)
+
+    async def runs(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self._runs.values()]
