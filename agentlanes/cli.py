@@ -281,6 +281,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------- demo
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from agentlanes.demo import main as demo_main
+
+    argv = [*(["--task", args.task] if args.task else []), *(["--data-dir", args.data_dir] if args.data_dir else [])]
+    return demo_main(argv)
+
+
 # ------------------------------------------------------------------------- main
 
 
@@ -325,6 +335,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch", metavar="FILE", help="decide one JSON request per line of FILE ('-' for stdin); one output line each"
     )
     route.set_defaults(func=_cmd_route)
+
+    demo = sub.add_parser("demo", help="run the demo chain offline (plan, patch, verify, escalate, receipt)")
+    demo.add_argument("--task", help="task description passed to the planning stage")
+    demo.add_argument("--data-dir", help="where the run is recorded (default: AGENTLANES_HOME or ./.agentlanes)")
+    demo.set_defaults(func=_cmd_demo)
 
     validate = sub.add_parser("validate", help="validate routing documents")
     validate.add_argument("files", nargs="*", help="documents to check (default: the bundled ones)")

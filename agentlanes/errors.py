@@ -6,8 +6,16 @@
     ├── ConfigurationError      your mistake, found at load or call time
     │   ├── PolicyError         a broken document; .source and .pointer name where
     │   └── RouteInputError     a request the documents cannot answer (unknown stage...)
-    └── RunError                something went wrong during a run (.run_id, .stage)
-        └── RouteDeferred       .decision carries the full decision and its reasons
+    ├── RunError                something went wrong during a run (.run_id, .stage)
+    │   ├── RouteDeferred       .decision carries the full decision and its reasons
+    │   ├── EscalationDenied    an escalation needed approval and did not get it
+    │   ├── BudgetExhausted     the budget could not hold the call (.refusal)
+    │   ├── ModelError          a model call failed after retries; __cause__ is the provider's
+    │   └── VerificationFailed  the stage's output never verified (.evidence)
+    └── ReplayDivergence        a replay differs from its record (.index, .expected, .actual)
+
+Control-flow signals raised by stage code (:class:`RetryStage`, :class:`Escalate`) are
+not errors and sit outside the tree.
 
 Messages are full sentences that carry the bad value and what is allowed.
 """
@@ -17,15 +25,24 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from agentlanes.budget import Refusal
     from agentlanes.decision import RouteDecision
+    from agentlanes.verifiers import VerifierResult
 
 __all__ = [
     "AgentLanesError",
+    "BudgetExhausted",
     "ConfigurationError",
+    "Escalate",
+    "EscalationDenied",
+    "ModelError",
     "PolicyError",
+    "ReplayDivergence",
+    "RetryStage",
     "RouteDeferred",
     "RouteInputError",
     "RunError",
+    "VerificationFailed",
 ]
 
 
@@ -95,3 +112,84 @@ class RouteDeferred(RunError):
             stage=stage if stage is not None else decision.stage,
         )
         self.decision = decision
+
+
+class EscalationDenied(RunError):
+    """An escalation needed human approval and was denied (or no approver is set).
+
+    Attributes:
+        decision: the decision that selected the premium lane.
+        approver: who denied it (``None`` when no approver is configured).
+    """
+
+    def __init__(self, message: str, *, decision: RouteDecision, approver: str | None, run_id: str, stage: str) -> None:
+        super().__init__(message, run_id=run_id, stage=stage)
+        self.decision = decision
+        self.approver = approver
+
+
+class BudgetExhausted(RunError):
+    """No budget window could hold a call, and the optimizer says defer or deny.
+
+    Attributes:
+        refusal: the window that refused and what it had left (micro-units).
+    """
+
+    def __init__(self, message: str, *, refusal: Refusal, run_id: str, stage: str) -> None:
+        super().__init__(message, run_id=run_id, stage=stage)
+        self.refusal = refusal
+
+
+class ModelError(RunError):
+    """A model call failed after its retries and fallbacks; ``__cause__`` is the
+    provider's last error."""
+
+
+class VerificationFailed(RunError):
+    """A stage's output failed verification on every attempt it was allowed.
+
+    Attributes:
+        evidence: the verifier results of the last attempt.
+        attempts: how many attempts ran.
+    """
+
+    def __init__(self, message: str, *, evidence: list[VerifierResult], attempts: int, run_id: str, stage: str) -> None:
+        super().__init__(message, run_id=run_id, stage=stage)
+        self.evidence = evidence
+        self.attempts = attempts
+
+
+class ReplayDivergence(AgentLanesError):
+    """A replayed run did something its record did not.
+
+    Attributes:
+        index: the step (0-based) where it diverged.
+        expected: what the record holds there.
+        actual: what happened instead.
+    """
+
+    def __init__(self, message: str, *, index: int, expected: object, actual: object) -> None:
+        super().__init__(message)
+        self.index = index
+        self.expected = expected
+        self.actual = actual
+
+
+class RetryStage(Exception):
+    """Raised by stage code: this attempt failed; try the stage again with ``feedback``.
+
+    Counts as a failed attempt (so repeated failures escalate like failing verifiers).
+    """
+
+    def __init__(self, feedback: str = "") -> None:
+        super().__init__(feedback)
+        self.feedback = feedback
+
+
+class Escalate(Exception):
+    """Raised by stage code: run this stage again on a higher lane, for ``reason`` (one
+    of the policy's allowed escalation reasons). Produces a receipt."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

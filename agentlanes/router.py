@@ -559,20 +559,46 @@ class Router:
         overrides = signals.estimated_lane_costs
         if overrides is not None and lane in overrides:
             return float(overrides[lane])
-        c = self._costing[lane]
+        return self.call_cost(
+            lane,
+            input_tokens=signals.input_tokens,
+            output_tokens=signals.output_tokens,
+            cache_read_tokens=signals.cache_read_tokens,
+            tool_calls=signals.tool_calls,
+            runtime_minutes=signals.local_runtime_minutes,
+            energy_minutes=signals.local_energy_minutes,
+        )
+
+    def call_cost(
+        self,
+        lane: str,
+        *,
+        input_tokens: float,
+        output_tokens: float,
+        cache_read_tokens: float = 0.0,
+        tool_calls: float = 0.0,
+        runtime_minutes: float = 0.0,
+        energy_minutes: float | None = None,
+    ) -> float:
+        """The catalog's price of one call on ``lane`` with these counts (CONTRACT A),
+        rounded to 6 decimals; what the chain reserves before and charges after a call."""
+        c = self._costing.get(lane)
+        if c is None:
+            raise RouteInputError(f"The price catalog has no lane {lane!r}; add it to the catalog's /lanes.")
         if c.free:
             return 0.0
+        energy = runtime_minutes if energy_minutes is None else energy_minutes
         # Term by term and in the contract's order (`in·inputPerMillion/1e6`, not
         # `in·(inputPerMillion/1e6)`): the two round differently at half-way points,
         # and a decision must not depend on how an implementation factored the formula.
         amount = (
             c.base
-            + signals.input_tokens * c.per_in / 1e6
-            + signals.output_tokens * c.per_out / 1e6
-            + signals.cache_read_tokens * c.per_cache / 1e6
-            + signals.tool_calls * c.per_tool
-            + signals.local_runtime_minutes * c.per_runtime
-            + signals.local_energy_minutes * c.per_energy
+            + input_tokens * c.per_in / 1e6
+            + output_tokens * c.per_out / 1e6
+            + cache_read_tokens * c.per_cache / 1e6
+            + tool_calls * c.per_tool
+            + runtime_minutes * c.per_runtime
+            + energy * c.per_energy
         )
         return round(amount if amount > c.minimum else c.minimum, 6)
 

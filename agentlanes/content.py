@@ -1,0 +1,50 @@
+"""Content privacy: keyed digests instead of text.
+
+Prompts, outputs, tool arguments and results, and error texts are recorded as
+``hmac-sha256:<hex>`` digests under a per-installation key kept in the data directory
+(``<data-dir>/keys/content.key``, created on first use, mode 0600). The same text always
+gives the same digest on one installation (so runs can be compared), and nobody without
+the key can confirm a guess of the text.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from pathlib import Path
+
+__all__ = ["ContentHasher"]
+
+
+class ContentHasher:
+    """Keyed digests of content, with a key loaded from (or created in) ``key_path``."""
+
+    def __init__(self, key_path: Path | None = None, *, key: bytes | None = None) -> None:
+        if key is None:
+            key = secrets.token_bytes(32) if key_path is None else self._load_or_create(key_path)
+        self._key = key
+
+    @staticmethod
+    def _load_or_create(path: Path) -> bytes:
+        if path.exists():
+            return bytes.fromhex(path.read_text().strip())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_bytes(32)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(key.hex())
+        try:
+            os.link(tmp, path)  # atomic: the first writer wins, others read its key
+        except FileExistsError:
+            pass
+        finally:
+            tmp.unlink()
+        return bytes.fromhex(path.read_text().strip())
+
+    def digest(self, text: str | bytes) -> str:
+        """``hmac-sha256:<hex>`` of ``text``."""
+        data = text.encode("utf-8") if isinstance(text, str) else text
+        return "hmac-sha256:" + hmac.new(self._key, data, hashlib.sha256).hexdigest()

@@ -1,0 +1,201 @@
+"""Test doubles, public API: build and test agentlanes code without a model server.
+
+* :class:`TestModel`: answers every request with schema-valid output (or fixed text);
+  knobs such as ``fail_times`` make it fail first.
+* :class:`FunctionModel`: answers with a function of the messages (sync or async).
+* :class:`ScriptedModel`: answers from a script of steps; ``.calls`` records every
+  request and :meth:`ScriptedModel.assert_complete` checks the script was used up.
+* :func:`block_model_requests`: make any *real* adapter raise instead of sending.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import anyio
+from pydantic import BaseModel
+
+from agentlanes.models import base as _base
+from agentlanes.models.base import Message, Model, ModelResponse, ModelSettings, ProviderError, Usage, estimate_tokens
+
+__all__ = [
+    "FunctionModel",
+    "ScriptedModel",
+    "TestModel",
+    "block_model_requests",
+]
+
+
+@contextmanager
+def block_model_requests() -> Iterator[None]:
+    """Within the block, real model adapters raise instead of sending a request.
+
+    Use it (or an autouse fixture around it) in test suites so that a missing test
+    double can never turn into a real, billed request.
+    """
+    previous = _base.ALLOW_MODEL_REQUESTS
+    _base.ALLOW_MODEL_REQUESTS = False
+    try:
+        yield
+    finally:
+        _base.ALLOW_MODEL_REQUESTS = previous
+
+
+def _usage(messages: Sequence[Message], text: str) -> Usage:
+    return Usage(sum(estimate_tokens(m.content) for m in messages), estimate_tokens(text))
+
+
+def _example(schema: dict[str, Any], defs: dict[str, Any]) -> Any:
+    """A minimal value valid against a (pydantic-generated) JSON schema."""
+    if "$ref" in schema:
+        return _example(defs[schema["$ref"].split("/")[-1]], defs)
+    for key in ("anyOf", "oneOf", "allOf"):
+        if key in schema:
+            return _example(schema[key][0], defs)
+    if "const" in schema:
+        return schema["const"]
+    if "enum" in schema:
+        return schema["enum"][0]
+    if "default" in schema:
+        return schema["default"]
+    kind = schema.get("type")
+    if kind == "object":
+        props = schema.get("properties", {})
+        return {name: _example(props[name], defs) for name in schema.get("required", list(props))}
+    if kind == "array":
+        return [_example(schema["items"], defs)] * int(schema.get("minItems", 0)) if "items" in schema else []
+    if kind == "integer":
+        return int(schema.get("minimum", 0))
+    if kind == "number":
+        return float(schema.get("minimum", 0))
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return "a" * int(schema.get("minLength", 1))
+
+
+class TestModel(Model):
+    """Answers with schema-valid JSON for ``output`` (a pydantic model or JSON schema),
+    or with ``text``.
+
+    Args:
+        output: what the answer must validate against; ``None`` for plain text.
+        text: the plain-text answer (default ``"ok"``).
+        fail_times: fail this many requests first (retryable ``ProviderError``).
+        fail_status: the HTTP status those failures carry.
+        delay: seconds to wait before answering.
+        name: the model's name; ``provider`` its provider label.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        output: type[BaseModel] | dict[str, Any] | None = None,
+        *,
+        text: str = "ok",
+        fail_times: int = 0,
+        fail_status: int = 503,
+        delay: float = 0.0,
+        name: str = "test-model",
+        provider: str = "test",
+    ) -> None:
+        self.name = name
+        self.provider = provider
+        self.fail_times = fail_times
+        self.fail_status = fail_status
+        self.delay = delay
+        self.calls: list[list[Message]] = []
+        if output is None:
+            self._text = text
+        else:
+            schema = output.model_json_schema() if isinstance(output, type) else dict(output)
+            self._text = json.dumps(_example(schema, schema.get("$defs", {})))
+
+    async def request(self, messages: Sequence[Message], settings: ModelSettings) -> ModelResponse:
+        self.calls.append(list(messages))
+        if self.delay:
+            await anyio.sleep(self.delay)
+        if self.fail_times > 0:
+            self.fail_times -= 1
+            raise ProviderError(
+                f"{self.provider}: scripted failure (HTTP {self.fail_status})", retryable=True, status=self.fail_status
+            )
+        return ModelResponse(self._text, _usage(messages, self._text), self.name)
+
+
+Reply = str | ModelResponse
+
+
+class FunctionModel(Model):
+    """Answers with ``fn(messages, settings)`` (sync or async), which returns the text
+    or a full :class:`ModelResponse`, or raises ``ProviderError``."""
+
+    def __init__(
+        self,
+        fn: Callable[[list[Message], ModelSettings], Reply | Awaitable[Reply]],
+        *,
+        name: str = "function-model",
+        provider: str = "test",
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.provider = provider
+        self.calls: list[list[Message]] = []
+
+    async def request(self, messages: Sequence[Message], settings: ModelSettings) -> ModelResponse:
+        msgs = list(messages)
+        self.calls.append(msgs)
+        out = self.fn(msgs, settings)
+        if inspect.isawaitable(out):
+            out = await out
+        if isinstance(out, ModelResponse):
+            return out
+        return ModelResponse(out, _usage(msgs, out), self.name)
+
+
+Step = str | ModelResponse | BaseException | Callable[[list[Message]], Reply]
+
+
+class ScriptedModel(Model):
+    """Answers from a script, one step per request: a string or ``ModelResponse`` is
+    returned, an exception is raised, a callable is called with the messages.
+
+    Attributes:
+        calls: the messages of every request, in order.
+    """
+
+    def __init__(self, steps: Sequence[Step], *, name: str = "scripted-model", provider: str = "test") -> None:
+        self.steps = list(steps)
+        self.name = name
+        self.provider = provider
+        self.calls: list[list[Message]] = []
+
+    async def request(self, messages: Sequence[Message], settings: ModelSettings) -> ModelResponse:
+        msgs = list(messages)
+        self.calls.append(msgs)
+        if len(self.calls) > len(self.steps):
+            raise AssertionError(
+                f"ScriptedModel({self.name!r}) got request {len(self.calls)} but its script has "
+                f"{len(self.steps)} step(s)."
+            )
+        step = self.steps[len(self.calls) - 1]
+        if isinstance(step, BaseException):
+            raise step
+        if callable(step):
+            step = step(msgs)
+        if isinstance(step, ModelResponse):
+            return step
+        return ModelResponse(step, _usage(msgs, step), self.name)
+
+    def assert_complete(self) -> None:
+        """Raise ``AssertionError`` unless every scripted step was used."""
+        if len(self.calls) != len(self.steps):
+            raise AssertionError(
+                f"ScriptedModel({self.name!r}) used {len(self.calls)} of its {len(self.steps)} step(s)."
+            )
