@@ -50,6 +50,7 @@ class VerifierSpec(_Spec):
     argv: list[str] | None = None
     """``command``: the command; ``{python}``, ``{workspace}`` and run variables are filled in."""
     cwd: str | None = None
+    env: dict[str, str] = Field(default_factory=dict)
     timeout_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 120.0
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     ref: str | None = None
@@ -61,7 +62,7 @@ class VerifierSpec(_Spec):
         if self.type == "command":
             if not self.argv:
                 raise ConfigurationError('A command verifier needs argv, e.g. ["{python}", "-m", "pytest"].')
-            return CommandVerifier(self.argv, cwd=self.cwd, timeout=self.timeout_seconds, name=self.name)
+            return CommandVerifier(self.argv, cwd=self.cwd, timeout=self.timeout_seconds, env=self.env, name=self.name)
         if self.type == "schema":
             if self.schema_ is None:
                 raise ConfigurationError('A schema verifier needs a JSON schema under "schema".')

@@ -13,6 +13,7 @@ routing, budgets, verification, escalation and receipts are the real thing.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -101,6 +102,9 @@ def apply_patch(patch: Any, values: dict[str, Any]) -> str:
     if workspace not in target.parents:
         raise ConfigurationError(f"Patch path {patch['path']!r} leaves the workspace {workspace}.")
     target.write_text(patch["content"])
+    # Byte-code caches are validated by mtime (whole seconds) and size: a same-size patch
+    # written within the same second would otherwise be tested as the old code.
+    shutil.rmtree(target.parent / "__pycache__", ignore_errors=True)
     return str(target.relative_to(workspace))
 
 

@@ -225,7 +225,9 @@ class Lanes:
                 raise ConfigurationError(f"Model binding for {lane!r}: not a lane (lanes: {', '.join(RANK)}).")
             if lane == "no-model":
                 raise ConfigurationError("The no-model lane runs deterministic code; it cannot have a model bound.")
-            seq = (bound,) if isinstance(bound, Model) else tuple(bound)
+            seq = (
+                (bound,) if isinstance(bound, Model) else tuple(bound) if isinstance(bound, (list, tuple)) else (bound,)
+            )
             for m in seq:
                 if not isinstance(m, Model):
                     raise ConfigurationError(
@@ -950,7 +952,8 @@ class Run:
                     or decision.lane is None
                     or decision.estimated_cost is None
                     or decision.estimated_cost > old_cost
-                    or RANK[decision.lane] > RANK[signal.lane]
+                    # a premium lane needs an escalation with a receipt, never a fallback
+                    or decision.lane in PREMIUM_LANES
                 ):
                     if signal.why == "budget-pressure":
                         refusal = Refusal("task", self.run_id, "cap", to_micro(signal.remaining or 0))
