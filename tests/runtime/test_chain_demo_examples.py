@@ -30,7 +30,7 @@ def test_bundled_chain_loads() -> None:
 def test_chain_documents_are_checked(tmp_path: Path) -> None:
     (tmp_path / "c.json").write_text(json.dumps({"kind": "AgentLanesChain", "name": "c", "taskClass": "x",
                                                  "steps": ["missing"]}))
-    with pytest.raises(PolicyError, match="missing.json: no such file"):
+    with pytest.raises(PolicyError, match=r"missing\.json: no such file"):
         Chain.load(tmp_path / "c.json")
     (tmp_path / "s.json").write_text(json.dumps({"kind": "AgentLanesStage", "name": "s", "stage": "dreaming",
                                                  "type": "model", "prompt": "x"}))

@@ -65,7 +65,7 @@ async def test_status_errors(server: ScriptedOpenAIServer, status: int, retryabl
 @pytest.mark.parametrize("raw", ["not json at all", '{"choices": []}', '{"choices": [{"message": {}}]}'])
 async def test_malformed_bodies_are_retryable_provider_errors(server: ScriptedOpenAIServer, raw: str) -> None:
     server.script.append({"raw": raw})
-    with pytest.raises(ProviderError, match="malformed|no choices|no message") as ei:
+    with pytest.raises(ProviderError, match=r"malformed|no choices|no message") as ei:
         await OpenAIChatModel("m", base_url=server.base_url).request(MSG, ModelSettings())
     assert ei.value.retryable
 

@@ -270,11 +270,17 @@ def tight_budget(tmp_path: Path, pressure: str, max_spend: float = 0.05) -> Lane
 async def test_budget_caps_hold_under_every_pressure_policy(tmp_path: Path, pressure: str) -> None:
     lanes = tight_budget(tmp_path, pressure)
     done = 0
-    with pytest.raises((RouteDeferred, BudgetExhausted)):
-        async with lanes.run(task_class="routine-code") as run:
+    run = lanes.run(task_class="routine-code")
+
+    async def spend() -> None:
+        nonlocal done
+        async with run:
             for _ in range(10):
                 await run.stage("planning", ask)
                 done += 1
+
+    with pytest.raises((RouteDeferred, BudgetExhausted)):
+        await spend()
     assert done == 2  # two calls at the 0.02 minimum fit in 0.05; the third cannot
     assert run.result.cost_micro <= 50_000
     [task] = [s for s in await lanes.store.window_states(lanes.ledger.specs(run.run_id)) if s.spec.window == "task"]
