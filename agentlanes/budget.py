@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import TYPE_CHECKING, NamedTuple
@@ -42,8 +41,13 @@ MICRO = 1_000_000
 
 def to_micro(amount: float | Decimal | str | int) -> int:
     """Exact micro-units of a money amount (half-even at the seventh decimal)."""
-    if isinstance(amount, float) and amount != amount:
-        raise ConfigurationError(f"Money amount {amount!r} is not a number.")
+    if isinstance(amount, float):
+        if amount != amount or amount in (float("inf"), float("-inf")):
+            raise ConfigurationError(f"Money amount {amount!r} is not a number.")
+        # Fast path for what the router produces (costs rounded to 6 decimals): the
+        # product is within 1e-9 of an integer, so rounding it is exact.
+        if abs(amount) < 1e9 and amount == round(amount, 6):
+            return round(amount * MICRO)
     value = Decimal(str(amount)) * MICRO
     return int(value.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
 
@@ -63,8 +67,7 @@ class WindowSpec(NamedTuple):
     pro_cap: int
 
 
-@dataclass(frozen=True)
-class WindowState:
+class WindowState(NamedTuple):
     """What a window instance holds right now (micro-units)."""
 
     spec: WindowSpec
@@ -154,22 +157,36 @@ class BudgetLedger:
         self.session_id = session_id or f"session-{uuid.uuid4().hex[:16]}"
         self.clock = clock
         self.lease_seconds = lease_seconds
-        self.windows = [
-            (w.window, to_micro(w.max_spend), w.high_end_max_share, w.pro_max_share)
-            for w in optimizer.budget_policy.windows
-        ]
+        # Caps are fixed for the ledger's life: computed once, exactly.
+        self.windows: list[tuple[str, int, int, int]] = []
+        for w in optimizer.budget_policy.windows:
+            cap = to_micro(w.max_spend)
+            high = int((Decimal(cap) * Decimal(str(w.high_end_max_share))).to_integral_value(rounding="ROUND_FLOOR"))
+            pro = int((Decimal(cap) * Decimal(str(w.pro_max_share))).to_integral_value(rounding="ROUND_FLOOR"))
+            self.windows.append((w.window, cap, high, pro))
         self.currency = optimizer.budget_policy.currency
+        self._specs: dict[tuple[str, int], tuple[WindowSpec, ...]] = {}
 
     def specs(self, run_id: str) -> tuple[WindowSpec, ...]:
-        """The window instances a run's spending counts against, now."""
-        now = self.clock()
-        out = []
-        for window, cap, high_share, pro_share in self.windows:
-            key = window_key(window, run_id=run_id, session_id=self.session_id, now=now)
-            high = int((Decimal(cap) * Decimal(str(high_share))).to_integral_value(rounding="ROUND_FLOOR"))
-            pro = int((Decimal(cap) * Decimal(str(pro_share))).to_integral_value(rounding="ROUND_FLOOR"))
-            out.append(WindowSpec(window, key, cap, high, pro))
-        return tuple(out)
+        """The window instances a run's spending counts against, now.
+
+        Keys change only at UTC day boundaries (day, week and month keys are all whole
+        days), so the specs are cached per run and UTC day.
+        """
+        now = self.clock().astimezone(UTC)
+        cache_key = (run_id, now.toordinal())
+        specs = self._specs.get(cache_key)
+        if specs is None:
+            specs = tuple(
+                WindowSpec(
+                    window, window_key(window, run_id=run_id, session_id=self.session_id, now=now), cap, high, pro
+                )
+                for window, cap, high, pro in self.windows
+            )
+            if len(self._specs) >= 1024:
+                self._specs.clear()
+            self._specs[cache_key] = specs
+        return specs
 
     async def states(self, run_id: str) -> list[WindowState]:
         """Every window instance of the run, as the store holds it."""
@@ -184,7 +201,9 @@ class BudgetLedger:
         remaining = min(s.remaining for s in states)
         high = min(s.high_end_remaining for s in states)
         pro = min(s.pro_remaining for s in states)
-        return float(from_micro(max(remaining, 0))), (float(from_micro(max(high, 0))), float(from_micro(max(pro, 0))))
+        # Floats for the router (its rule compares float costs); micro-units divide exactly
+        # enough: every value below 2**53 micro-units is represented to the micro-unit.
+        return max(remaining, 0) / MICRO, (max(high, 0) / MICRO, max(pro, 0) / MICRO)
 
     async def reserve(self, run_id: str, lane: str, amount: int) -> Reservation | Refusal:
         """Atomically reserve ``amount`` micro-units for a call on ``lane``."""

@@ -9,7 +9,6 @@ the key can confirm a guess of the text.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import os
 import secrets
@@ -25,6 +24,7 @@ class ContentHasher:
         if key is None:
             key = secrets.token_bytes(32) if key_path is None else self._load_or_create(key_path)
         self._key = key
+        self._memo: dict[str, str] = {}
 
     @staticmethod
     def _load_or_create(path: Path) -> bytes:
@@ -45,6 +45,19 @@ class ContentHasher:
         return bytes.fromhex(path.read_text().strip())
 
     def digest(self, text: str | bytes) -> str:
-        """``hmac-sha256:<hex>`` of ``text``."""
+        """``hmac-sha256:<hex>`` of ``text``.
+
+        Short strings (ids, names, lanes: most evidence values) are memoised in a
+        bounded in-memory table; the table holds nothing the digest does not already
+        imply, and it never leaves the process.
+        """
+        if isinstance(text, str) and len(text) <= 256:
+            hit = self._memo.get(text)
+            if hit is None:
+                hit = "hmac-sha256:" + hmac.digest(self._key, text.encode("utf-8"), "sha256").hex()
+                if len(self._memo) >= 4096:
+                    self._memo.clear()
+                self._memo[text] = hit
+            return hit
         data = text.encode("utf-8") if isinstance(text, str) else text
-        return "hmac-sha256:" + hmac.new(self._key, data, hashlib.sha256).hexdigest()
+        return "hmac-sha256:" + hmac.digest(self._key, data, "sha256").hex()

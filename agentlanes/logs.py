@@ -16,7 +16,8 @@ import structlog
 
 __all__ = ["get_logger"]
 
-_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "off": 100}
+# "off" uses the highest level structlog filters at; agentlanes never logs at critical.
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "off": 50}
 
 
 def get_logger(**bound: Any) -> Any:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, stop_after_delay
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay
 
 from agentlanes.approval import Approval, ApprovalRequest, Approver
 from agentlanes.budget import BudgetLedger, Refusal, Reservation, from_micro, to_micro
@@ -337,6 +337,26 @@ class _Reroute(Exception):
         self.remaining = remaining
 
 
+class _StageLog:
+    """Adds ``stage=`` to each event without structlog's per-stage ``bind`` (which costs
+    more than most of a stage's bookkeeping)."""
+
+    __slots__ = ("_log", "_stage")
+
+    def __init__(self, log: Any, stage: str) -> None:
+        self._log = log
+        self._stage = stage
+
+    def debug(self, event: str, **kw: Any) -> None:
+        self._log.debug(event, stage=self._stage, **kw)
+
+    def info(self, event: str, **kw: Any) -> None:
+        self._log.info(event, stage=self._stage, **kw)
+
+    def warning(self, event: str, **kw: Any) -> None:
+        self._log.warning(event, stage=self._stage, **kw)
+
+
 class LaneModel(Model):
     """The stage's model: whichever model the router's lane binds, with reservations,
     retries, fallback and accounting around every request."""
@@ -565,7 +585,7 @@ class Run:
         kwargs = dict(kwargs or {})
         record = StageRecord(name=name or stage, stage=stage, started=time.perf_counter(), parent=parent)
         self.records.append(record)
-        log = self._log.bind(stage=record.name)
+        log = _StageLog(self._log, record.name)
         own_reason = escalation_reason
         in_force = own_reason or (
             self.escalation_reason if not (self._planned and self.lanes.deescalate_after_plan) else None
@@ -588,7 +608,7 @@ class Run:
                     risk_class=risk_class,
                 )
                 record.decisions.append(decision)
-                log.info(
+                log.debug(
                     "stage.routed",
                     lane=decision.lane,
                     status=decision.status,
@@ -632,8 +652,15 @@ class Run:
                         self._planned = True
                         record.evidence.setdefault("plan", record.output_digest)
                     self._finish_evidence(record, evidence, in_force)
+                    # One info event per stage: routing and call details are debug events.
                     log.info(
-                        "stage.succeeded", lane=ctx.lane, attempts=record.attempts, cost=str(from_micro(record.cost))
+                        "stage.succeeded",
+                        lane=ctx.lane,
+                        decision_id=ctx.decision.decision_id,
+                        reason=ctx.decision.reason,
+                        attempts=record.attempts,
+                        calls=len(record.calls),
+                        cost=str(from_micro(record.cost)),
                     )
                     return output
                 feedback = failed
@@ -713,7 +740,8 @@ class Run:
         remaining, premium = await self.lanes.ledger.headroom(self.run_id, "task")
         if ledger_remaining is not None:
             remaining = min(remaining, ledger_remaining)
-        request = RouteRequest(
+        # Built by the runtime from checked values: no need to validate it again.
+        request = RouteRequest.model_construct(
             task_class=self.task_class,
             stage=stage,
             risk_class=risk_class or self.risk_class,
@@ -727,32 +755,47 @@ class Run:
         return self.lanes.router.decide(request, premium_remaining=premium)
 
     def _finish_evidence(self, record: StageRecord, given: Mapping[str, Any] | None, reason: str | None) -> None:
+        """Record the given evidence, fill the stage's required items that the runtime
+        knows itself, and report what is still missing."""
         hasher = self.lanes.hasher
-        auto: dict[str, str] = {
-            "taskClass": self.task_class,
-            "riskClass": self.risk_class,
-            "escalationReasonIfAny": reason or "none",
-            "status": record.status,
-        }
-        if record.decisions:
-            first, last = record.decisions[0], record.decisions[-1]
-            auto.update(
-                initialLane=first.lane or "",
-                routingReason=last.reason,
-                reviewLane=last.lane or "",
-                policyDecision=last.decision_id,
-            )
-        for key, value in {**auto, **(given or {})}.items():
+        for key, value in (given or {}).items():
             record.evidence.setdefault(key, hasher.digest(value if isinstance(value, str) else repr(value)))
-        verifications = [r for batch in record.verifications for r in batch]
-        if verifications:
-            names = ",".join(sorted({r.name for r in verifications}))
-            record.evidence.setdefault("tests", hasher.digest(names))
-            record.evidence.setdefault("linters", hasher.digest(names))
-        required = self.lanes.required_evidence.get(record.stage, [])
-        record.missing_evidence = [item for item in required if item not in record.evidence]
-        if record.missing_evidence:
-            self._log.warning("evidence.missing", stage=record.name, missing=record.missing_evidence)
+        required = self.lanes.required_evidence.get(record.stage, ())
+        missing = []
+        for item in required:
+            if item in record.evidence:
+                continue
+            value = self._known_evidence(item, record, reason)
+            if value is None:
+                missing.append(item)
+            else:
+                record.evidence[item] = hasher.digest(value)
+        record.missing_evidence = missing
+        if missing:
+            self._log.warning("evidence.missing", stage=record.name, missing=missing)
+
+    def _known_evidence(self, item: str, record: StageRecord, reason: str | None) -> str | None:
+        """The value of a required-evidence item the runtime knows without being told."""
+        decisions = record.decisions
+        if item == "taskClass":
+            return self.task_class
+        if item == "riskClass":
+            return self.risk_class
+        if item == "escalationReasonIfAny":
+            return reason or "none"
+        if item == "status":
+            return record.status
+        if decisions and item in ("initialLane", "routingReason", "reviewLane", "policyDecision"):
+            first, last = decisions[0], decisions[-1]
+            return {
+                "initialLane": first.lane or "",
+                "routingReason": last.reason,
+                "reviewLane": last.lane or "",
+                "policyDecision": last.decision_id,
+            }[item]
+        if item in ("tests", "linters") and record.verifications:
+            return ",".join(sorted({r.name for batch in record.verifications for r in batch}))
+        return None
 
     async def _receipt(
         self,
@@ -866,7 +909,7 @@ class Run:
                 context = VerifyContext(self.lanes.max_log_lines, self.variables)
                 for v in deterministic:
                     results.append(await v.verify(output, context))
-                    self._log.info(
+                    self._log.debug(
                         "verifier.result",
                         stage=record.name,
                         verifier=v.name,
@@ -986,15 +1029,32 @@ class Run:
     ) -> ModelResponse:
         policy = self.lanes.retry
 
-        def wait(state: RetryCallState) -> float:
-            exc = state.outcome.exception() if state.outcome else None
-            backoff = min(policy.max_wait, policy.initial_wait * 2 ** (state.attempt_number - 1))
+        def backoff(attempt_number: int, exc: BaseException | None) -> float:
+            wait = min(policy.max_wait, policy.initial_wait * 2 ** (attempt_number - 1))
             asked = getattr(exc, "retry_after", None)
-            return float(min(policy.max_wait, max(backoff, asked))) if asked is not None else backoff
+            return float(min(policy.max_wait, max(wait, asked))) if asked is not None else wait
 
+        def fail(exc: ProviderError, attempts: int) -> ModelError:
+            return ModelError(
+                f"Stage {ctx.name!r}: {model.provider}/{model.name} failed: {exc} (after {attempts} attempt(s)).",
+                run_id=self.run_id,
+                stage=ctx.name,
+            )
+
+        started = time.monotonic()
+        # The first attempt runs directly: tenacity's machinery is only built once a
+        # retryable failure has happened (it is most of a stage's overhead otherwise).
+        try:
+            return await self._attempt(ctx, model, messages, settings, 1)
+        except ProviderError as exc:
+            if not exc.retryable or policy.attempts <= 1:
+                raise fail(exc, 1) from exc
+            first = exc
+        await anyio.sleep(backoff(1, first))
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(policy.attempts) | stop_after_delay(policy.max_delay),
-            wait=wait,
+            stop=stop_after_attempt(policy.attempts - 1)
+            | stop_after_delay(max(0.0, policy.max_delay - (time.monotonic() - started))),
+            wait=lambda state: backoff(state.attempt_number + 1, state.outcome.exception() if state.outcome else None),
             retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and e.retryable),
             sleep=anyio.sleep,
             reraise=True,
@@ -1002,14 +1062,9 @@ class Run:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(ctx, model, messages, settings, attempt.retry_state.attempt_number)
+                    return await self._attempt(ctx, model, messages, settings, attempt.retry_state.attempt_number + 1)
         except ProviderError as exc:
-            raise ModelError(
-                f"Stage {ctx.name!r}: {model.provider}/{model.name} failed: {exc} "
-                f"(after {retrying.statistics.get('attempt_number', 1)} attempt(s)).",
-                run_id=self.run_id,
-                stage=ctx.name,
-            ) from exc
+            raise fail(exc, 1 + int(retrying.statistics.get("attempt_number", 1))) from exc
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
     async def _attempt(
@@ -1020,7 +1075,9 @@ class Run:
         assert lane is not None
         est_in = sum(estimate_tokens(m.content) for m in messages)
         estimate = to_micro(lanes.router.call_cost(lane, input_tokens=est_in, output_tokens=settings.max_tokens))
-        with anyio.CancelScope(shield=True):  # a reservation made must be seen, to be released
+        # A reservation made must be seen, to be released: shield it (unless the store
+        # cannot be interrupted halfway anyway).
+        with anyio.CancelScope(shield=not lanes.store.cancel_safe):
             held = await lanes.ledger.reserve(self.run_id, lane, estimate)
         if isinstance(held, Refusal):
             self._log.warning(
@@ -1064,7 +1121,7 @@ class Run:
         except BaseException as exc:
             call.duration = time.perf_counter() - started
             usage = getattr(exc, "usage", None)
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=not lanes.store.cancel_safe):
                 if isinstance(usage, Usage):
                     call.charged = await lanes.ledger.settle(reservation, self._price(lane, usage))
                 else:
@@ -1087,7 +1144,7 @@ class Run:
             raise
         call.duration = time.perf_counter() - started
         actual = self._price(lane, response.usage)
-        with anyio.CancelScope(shield=True):
+        with anyio.CancelScope(shield=not lanes.store.cancel_safe):
             call.charged = await lanes.ledger.settle(reservation, actual)
         call.ok = True
         call.usage = response.usage
@@ -1095,7 +1152,7 @@ class Run:
         call.response_model = response.model_name
         call.output_digest = lanes.hasher.digest(response.text)
         lanes.stats.record(model.provider, True, call.duration * 1000)
-        self._log.info(
+        self._log.debug(
             "model.call",
             stage=ctx.name,
             lane=lane,

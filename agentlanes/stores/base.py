@@ -66,7 +66,15 @@ def settle_amounts(state_without: WindowState, lane: str, actual: int) -> tuple[
 
 
 class Store(ABC):
-    """Budgets, receipts and runs. Every method is atomic on its own."""
+    """Budgets, receipts and runs. Every method is atomic on its own.
+
+    Attributes:
+        cancel_safe: true when no method yields to the event loop, so a cancellation
+            can never interrupt one halfway; the runtime then skips the shielded scopes
+            it otherwise puts around reserve and settle.
+    """
+
+    cancel_safe: bool = False
 
     @abstractmethod
     async def reserve(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 import uuid
@@ -21,12 +22,17 @@ _C, _O, _HC, _PC, _R, _HR, _PR = range(7)
 class MemoryStore(Store):
     """Everything in memory; atomic across tasks and threads of one process.
 
+    No method awaits anything, so none can be cancelled halfway (``cancel_safe``).
+
     Args:
         clock: seconds since the epoch, for reservation leases (injectable for tests).
     """
 
+    cancel_safe = True
+
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._lock = threading.Lock()
+        self._expiry: list[tuple[float, str]] = []  # heap: reaping is O(log n), not a scan
         self._clock = clock
         self._windows: dict[tuple[str, str], list[int]] = {}
         self._reservations: dict[str, Reservation] = {}
@@ -50,10 +56,12 @@ class MemoryStore(Store):
 
     def _reap(self) -> None:
         now = self._clock()
-        expired = [r for r in self._reservations.values() if r.expires_at <= now]
-        for res in expired:
-            del self._reservations[res.id]
-            self._unreserve(res)
+        heap = self._expiry
+        while heap and heap[0][0] <= now:
+            _, rid = heapq.heappop(heap)
+            res = self._reservations.pop(rid, None)  # already settled or released: gone
+            if res is not None:
+                self._unreserve(res)
 
     def _state(self, spec: WindowSpec) -> WindowState:
         row = self._windows.get((spec.window, spec.key)) or [0] * 7
@@ -70,6 +78,7 @@ class MemoryStore(Store):
                     return refusal
             res = Reservation(uuid.uuid4().hex, lane, amount, tuple(windows), self._clock() + lease_seconds)
             self._reservations[res.id] = res
+            heapq.heappush(self._expiry, (res.expires_at, res.id))
             for spec in windows:
                 row = self._row(spec)
                 row[_R] += amount
