@@ -38,13 +38,18 @@ def test_router_equals_the_contract_reading_and_selected_lanes_pass_every_rule(r
         assert chosen["reasons"] == [] and chosen["feasible"]
 
 
-def _mistyped(name: str, value: Any) -> Any:
-    """A value of the wrong JSON type for signal ``name``."""
-    if isinstance(value, bool):
-        return "false" if value is False else 1
-    if isinstance(value, str):
+BOOL_SIGNALS = {"localModelProfileAvailable", "localServiceHealthy", "networkAvailable", "providerQuotaKnown"}
+STATE_SIGNALS = {"batteryState", "thermalState"}
+
+
+def _mistyped(name: str) -> Any:
+    """A value of the wrong JSON type for signal ``name`` (by its declared kind, not by
+    whatever value the generated signals happen to hold)."""
+    if name in BOOL_SIGNALS:
+        return "false"
+    if name in STATE_SIGNALS:
         return 0
-    return str(value)
+    return "1"
 
 
 @SETTINGS
@@ -58,7 +63,7 @@ def test_degrading_a_signal_never_turns_no_lane_into_a_lane(req: dict[str, Any],
     elif how == "null":
         degraded[name] = None
     else:
-        degraded[name] = _mistyped(name, sig.get(name, True))
+        degraded[name] = _mistyped(name)
     after = decide(req, degraded)
     # fail closed: a degraded required signal admits no lane at all...
     assert after.lane is None
