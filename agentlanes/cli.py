@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import IO, Any
 
 from agentlanes import __version__
@@ -281,6 +282,77 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------- receipts
+
+
+def _data_dir(args: argparse.Namespace) -> Path:
+    from agentlanes.runtime import resolve_data_dir
+
+    return resolve_data_dir(getattr(args, "data_dir", None))
+
+
+def _ledger_texts(data_dir: Path, run: str | None) -> list[str]:
+    import anyio
+
+    from agentlanes.stores import SQLiteStore
+
+    db = data_dir / "agentlanes.db"
+    if not db.is_file():
+        raise ConfigurationError(f"No receipt ledger at {db}; pass --data-dir (or set AGENTLANES_HOME).")
+
+    async def read() -> list[str]:
+        store = SQLiteStore(db)
+        try:
+            return [r.text for r in await store.receipts(run)]
+        finally:
+            await store.aclose()
+
+    return anyio.run(read)
+
+
+def _cmd_receipts(args: argparse.Namespace) -> int:
+    from agentlanes.receipts import ReceiptSigner, load_public_key, verify_records
+
+    data_dir = _data_dir(args)
+    try:
+        if args.action == "public-key":
+            print(ReceiptSigner(data_dir / "keys").public_pem(), end="")
+            return 0
+        if args.action == "export":
+            texts = _ledger_texts(data_dir, args.run)
+            out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
+            try:
+                for text in texts:
+                    out.write(text + "\n")
+            finally:
+                if out is not sys.stdout:
+                    out.close()
+            if args.output:
+                print(f"exported {len(texts)} receipt(s) to {args.output}", file=sys.stderr)
+            return 0
+        # verify
+        key_path = Path(args.public_key) if args.public_key else data_dir / "keys" / "receipts-ed25519.pub.pem"
+        if not key_path.is_file():
+            raise ConfigurationError(f"No public key at {key_path}; pass --public-key FILE.")
+        key = load_public_key(key_path.read_bytes())
+        if args.file:
+            with open(args.file, encoding="utf-8") as fh:
+                texts = [line.rstrip("\n") for line in fh if line.strip()]
+            source = args.file
+        else:
+            texts = _ledger_texts(data_dir, None)
+            source = str(data_dir / "agentlanes.db")
+    except (ConfigurationError, OSError) as exc:
+        _err(str(exc))
+        return 1
+    report = verify_records(texts, key)
+    if report.problem is not None:
+        _err(f"receipt verification failed in {source}: {report.problem[1]}")
+        return 1
+    print(f"ok: {report.checked} receipt(s) in {report.runs} run chain(s) verified ({source})")
+    return 0
+
+
 # ------------------------------------------------------------------------- demo
 
 
@@ -340,6 +412,19 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--task", help="task description passed to the planning stage")
     demo.add_argument("--data-dir", help="where the run is recorded (default: AGENTLANES_HOME or ./.agentlanes)")
     demo.set_defaults(func=_cmd_demo)
+
+    receipts = sub.add_parser("receipts", help="export or verify the signed escalation receipts")
+    rsub = receipts.add_subparsers(dest="action", required=True, metavar="ACTION")
+    exp = rsub.add_parser("export", help="write the receipts as JSON lines, in chain order")
+    exp.add_argument("--run", help="only this run's chain")
+    exp.add_argument("-o", "--output", help="file to write (default: stdout)")
+    ver = rsub.add_parser("verify", help="verify an exported file, or the ledger when no file is given")
+    ver.add_argument("file", nargs="?", help="exported receipts (JSON lines)")
+    ver.add_argument("--public-key", help="PEM public key (default: the data directory's)")
+    pk = rsub.add_parser("public-key", help="print the receipts public key (PEM)")
+    for p in (exp, ver, pk):
+        p.add_argument("--data-dir", help="data directory (default: AGENTLANES_HOME or ./.agentlanes)")
+    receipts.set_defaults(func=_cmd_receipts)
 
     validate = sub.add_parser("validate", help="validate routing documents")
     validate.add_argument("files", nargs="*", help="documents to check (default: the bundled ones)")

@@ -51,7 +51,7 @@ from agentlanes.lanes import PREMIUM_LANES, RANK
 from agentlanes.logs import get_logger
 from agentlanes.models.base import Message, Model, ModelResponse, ModelSettings, ProviderError, Usage, estimate_tokens
 from agentlanes.policy import PolicyBundle
-from agentlanes.receipts import Receipt, receipt_body, seal_plain
+from agentlanes.receipts import Receipt, ReceiptSigner, receipt_body
 from agentlanes.router import Router
 from agentlanes.sources import LiveSignals, ProviderStats, SignalSource, StaticSignals
 from agentlanes.stores import SQLiteStore, Store
@@ -252,6 +252,7 @@ class Lanes:
         self._cooling: dict[int, float] = {}
         self._ledger: BudgetLedger | None = None
         self._hasher: ContentHasher | None = None
+        self._signer: ReceiptSigner | None = None
         pol = self.bundle.policy
         self.threshold = pol.escalation_policy.repeated_failure_threshold
         self.deescalate_after_plan = pol.escalation_policy.deescalate_after_plan
@@ -273,6 +274,13 @@ class Lanes:
         if self._ledger is None:
             self._ledger = BudgetLedger(self.store, self.bundle.optimizer, session_id=self.session_id)
         return self._ledger
+
+    @property
+    def signer(self) -> ReceiptSigner:
+        """Signs receipts with the installation's Ed25519 key (in the data directory)."""
+        if self._signer is None:
+            self._signer = ReceiptSigner(self.data_dir / "keys")
+        return self._signer
 
     @property
     def hasher(self) -> ContentHasher:
@@ -848,8 +856,8 @@ class Run:
             created_at=_now_iso(),
         )
         with anyio.CancelScope(shield=True):
-            stored = await self.lanes.store.append_receipt(self.run_id, body, seal_plain)
-        receipt = Receipt.from_text(stored.run_id, stored.seq, stored.digest, stored.prev, stored.text)
+            stored = await self.lanes.store.append_receipt(self.run_id, body, self.lanes.signer.seal)
+        receipt = Receipt.from_text(stored.text)
         record.receipts.append(receipt)
         self.receipts.append(receipt)
         self._log.info(
