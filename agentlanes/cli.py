@@ -353,6 +353,62 @@ def _cmd_receipts(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- runs / replay
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    import anyio
+
+    from agentlanes.history import list_runs
+
+    runs = anyio.run(list_runs, _data_dir(args))
+    if args.json:
+        print(json.dumps(runs, indent=2))
+        return 0
+    if not runs:
+        print(f"no runs recorded in {_data_dir(args)}")
+        return 0
+    print(f"{'run':<26} {'started':<24} {'task class':<22} {'status':<10} {'cost':>10}  trace")
+    for r in runs:
+        print(
+            f"{r['runId']:<26} {r.get('startedAt', ''):<24} {r.get('taskClass', ''):<22} "
+            f"{r.get('status', ''):<10} {r.get('cost', ''):>10}  {r.get('tracePath') or '-'}"
+        )
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from agentlanes.history import find_trace, render_timeline
+
+    try:
+        path = find_trace(_data_dir(args), args.run)
+        print(render_timeline(path))
+    except (ConfigurationError, ValueError) as exc:
+        _err(str(exc))
+        return 1
+    return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from agentlanes.history import counterfactual, find_trace
+
+    if not (args.policy or args.optimizer or args.price_catalog):
+        _err(
+            "exact replay (re-running the chain from its record) is not available yet; for a counterfactual "
+            "replay pass --policy, --optimizer and/or --price-catalog."
+        )
+        return 2
+    try:
+        paths = [find_trace(_data_dir(args), r) for r in args.runs]
+        router = _Cache().router(args.policy, args.optimizer, args.price_catalog)
+        report = counterfactual(paths, router)
+    except (ConfigurationError, ValueError, OSError) as exc:
+        _err(str(exc))
+        return 1
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
+    return 0
+
+
 # ------------------------------------------------------------------------- demo
 
 
@@ -425,6 +481,22 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (exp, ver, pk):
         p.add_argument("--data-dir", help="data directory (default: AGENTLANES_HOME or ./.agentlanes)")
     receipts.set_defaults(func=_cmd_receipts)
+
+    runs = sub.add_parser("runs", help="list recorded runs")
+    runs.add_argument("--json", action="store_true", help="JSON instead of a table")
+    runs.set_defaults(func=_cmd_runs)
+    show = sub.add_parser("show", help="draw a recorded run as a timeline")
+    show.add_argument("run", help="run id or trace file")
+    show.set_defaults(func=_cmd_show)
+    replay = sub.add_parser("replay", help="re-decide recorded runs under other documents (counterfactual)")
+    replay.add_argument("runs", nargs="+", metavar="RUN_OR_TRACE", help="run ids or trace files")
+    replay.add_argument("--policy", help="routing policy to re-decide under")
+    replay.add_argument("--optimizer", help="optimizer to re-decide under")
+    replay.add_argument("--price-catalog", help="price catalog to re-decide under")
+    replay.add_argument("--json", action="store_true", help="JSON report instead of a table")
+    replay.set_defaults(func=_cmd_replay)
+    for p in (runs, show, replay):
+        p.add_argument("--data-dir", help="data directory (default: AGENTLANES_HOME or ./.agentlanes)")
 
     validate = sub.add_parser("validate", help="validate routing documents")
     validate.add_argument("files", nargs="*", help="documents to check (default: the bundled ones)")

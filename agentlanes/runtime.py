@@ -18,6 +18,7 @@ records everything in :class:`StageRecord` objects.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -30,8 +31,11 @@ from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
+from opentelemetry import trace
+from opentelemetry.trace import Status, StatusCode
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay
 
+from agentlanes import attributes as A
 from agentlanes.approval import Approval, ApprovalRequest, Approver
 from agentlanes.budget import BudgetLedger, Refusal, Reservation, from_micro, to_micro
 from agentlanes.content import ContentHasher
@@ -55,6 +59,7 @@ from agentlanes.receipts import Receipt, ReceiptSigner, receipt_body
 from agentlanes.router import Router
 from agentlanes.sources import LiveSignals, ProviderStats, SignalSource, StaticSignals
 from agentlanes.stores import SQLiteStore, Store
+from agentlanes.telemetry import ContentStore, Telemetry, emit_stage, run_attributes
 from agentlanes.verifiers import ModelVerifier, Verifier, VerifierResult, VerifyContext
 
 __all__ = [
@@ -122,6 +127,11 @@ class CallRecord:
     prompt_digest: str | None = None
     output_digest: str | None = None
     response_model: str | None = None
+    max_tokens: int = 0
+    started_ns: int = 0
+    prompt_text: str | None = None
+    """Only kept when content capture is on."""
+    output_text: str | None = None
 
 
 @dataclass
@@ -144,6 +154,14 @@ class StageRecord:
     ended: float = 0.0
     parent: str | None = None
     output_digest: str | None = None
+    started_ns: int = field(default_factory=time.time_ns)
+    premium: dict[str, tuple[float, float]] = field(default_factory=dict)
+    """Premium headroom the ledger gave each decision (by decision id), for the trace."""
+    emitted: bool = False
+
+    @property
+    def ended_ns(self) -> int:
+        return self.started_ns + int(self.duration * 1e9)
 
     @property
     def lane(self) -> str | None:
@@ -197,6 +215,14 @@ class Lanes:
         cooldown: seconds a model that failed all its retries is skipped.
         observer: called with each :class:`StageRecord` when it finishes (progress
             displays, custom metrics); it must not raise.
+        tracing: emit OpenTelemetry spans and write the local trace (default on).
+        tracer_provider: the provider to use (default: the application's global SDK
+            provider when it has one, else a private one).
+        capture_content: record prompts and outputs as text in spans (default: the
+            ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` variable, else off).
+        otlp_endpoint: also export spans over OTLP/HTTP (``agentlanes[otlp]``).
+        record_content: keep prompt/output bodies in ``<data-dir>/content/`` (never
+            exported) so runs can be replayed exactly.
     """
 
     def __init__(
@@ -215,9 +241,18 @@ class Lanes:
         cooldown: float = 30.0,
         stats: ProviderStats | None = None,
         observer: Callable[[StageRecord], None] | None = None,
+        tracing: bool = True,
+        tracer_provider: Any = None,
+        capture_content: bool | None = None,
+        otlp_endpoint: str | None = None,
+        record_content: bool = True,
     ) -> None:
         self.router = router if router is not None else Router(bundle)
         self.observer = observer
+        self._tracing = (tracing, tracer_provider, capture_content, otlp_endpoint)
+        self._telemetry: Telemetry | None = None
+        self.record_content = record_content
+        self._content: ContentStore | None = None
         self.bundle = self.router.bundle
         self.models: dict[str, tuple[Model, ...]] = {}
         for lane, bound in (models or {}).items():
@@ -274,6 +309,27 @@ class Lanes:
         if self._ledger is None:
             self._ledger = BudgetLedger(self.store, self.bundle.optimizer, session_id=self.session_id)
         return self._ledger
+
+    @property
+    def telemetry(self) -> Telemetry:
+        """Spans and the local trace (created on first use)."""
+        if self._telemetry is None:
+            enabled, provider, capture, endpoint = self._tracing
+            self._telemetry = Telemetry(
+                self.data_dir,
+                enabled=enabled,
+                tracer_provider=provider,
+                capture_content=capture,
+                otlp_endpoint=endpoint,
+            )
+        return self._telemetry
+
+    @property
+    def content(self) -> ContentStore | None:
+        """The local content store for replay bodies (``None`` when off)."""
+        if self.record_content and self._content is None:
+            self._content = ContentStore(self.data_dir / "content")
+        return self._content
 
     @property
     def signer(self) -> ReceiptSigner:
@@ -473,6 +529,10 @@ class Run:
         self.started_at = ""
         self._planned = False
         self._log = get_logger(run_id=self.run_id)
+        self._premium: dict[str, tuple[float, float]] = {}
+        self._span: Any = trace.INVALID_SPAN
+        self._span_ctx: Any = None
+        self.trace_path: Path | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -489,6 +549,13 @@ class Run:
             )
         self.status = "running"
         self.started_at = _now_iso()
+        telemetry = self.lanes.telemetry
+        self._span = telemetry.tracer.start_span(
+            f"invoke_workflow {self.chain or self.task_class}",
+            attributes=run_attributes(self.run_id, self.task_class, self.risk_class, self.chain),
+        )
+        self._span_ctx = trace.set_span_in_context(self._span)
+        self.trace_path = telemetry.start_run(self.run_id, self._span)
         await self.lanes.store.record_run(self._index_entry())
         self._log.info("run.start", task_class=self.task_class, risk_class=self.risk_class)
         return self
@@ -499,6 +566,14 @@ class Run:
             if exc is None
             else ("cancelled" if isinstance(exc, anyio.get_cancelled_exc_class()) else "failed")
         )
+        if self._span.is_recording():
+            self._span.set_attribute(A.RUN_STATUS, self.status)
+            self._span.set_attribute(A.COST_ACTUAL, float(from_micro(self.cost_micro)))
+            if exc is not None:
+                self._span.set_status(Status(StatusCode.ERROR))
+                self._span.set_attribute(A.ERROR_TYPE, type(exc).__name__)
+        self._span.end()
+        self.lanes.telemetry.end_run(self._span)
         with anyio.CancelScope(shield=True):
             await self.lanes.store.record_run({**self._index_entry(), "endedAt": _now_iso()})
         self._log.info(
@@ -516,6 +591,7 @@ class Run:
             "currency": self.lanes.currency,
             "chain": self.chain,
             "receipts": len(self.receipts),
+            "tracePath": str(self.trace_path) if self.trace_path else None,
         }
 
     @property
@@ -709,6 +785,8 @@ class Run:
             self._observe(record)
 
     def _observe(self, record: StageRecord) -> None:
+        if record.parent is None and self._span.is_recording():
+            emit_stage(self, record, self._span_ctx)
         if self.lanes.observer is not None:
             self.lanes.observer(record)
 
@@ -760,7 +838,9 @@ class Run:
             excluded_lanes=excluded,
             budget_remaining=remaining,
         )
-        return self.lanes.router.decide(request, premium_remaining=premium)
+        decision = self.lanes.router.decide(request, premium_remaining=premium)
+        self._premium[decision.decision_id] = premium
+        return decision
 
     def _finish_evidence(self, record: StageRecord, given: Mapping[str, Any] | None, reason: str | None) -> None:
         """Record the given evidence, fill the stage's required items that the runtime
@@ -1120,6 +1200,17 @@ class Run:
             0.0,
             prompt_digest=lanes.hasher.digest("\n".join(f"{m.role}:{m.content}" for m in messages)),
         )
+        call.max_tokens = settings.max_tokens
+        call.started_ns = time.time_ns()
+        telemetry = lanes.telemetry
+        prompt_body = None
+        if lanes.record_content or telemetry.capture_content:
+            prompt_body = json.dumps([{"role": m.role, "content": m.content} for m in messages], ensure_ascii=False)
+            if telemetry.capture_content:
+                call.prompt_text = prompt_body
+            store = lanes.content
+            if store is not None and call.prompt_digest is not None:
+                store.put(call.prompt_digest, "\n".join(f"{m.role}:{m.content}" for m in messages))
         ctx.record.calls.append(call)
         started = time.perf_counter()
         timeout = settings.timeout or lanes.call_timeout
@@ -1159,6 +1250,10 @@ class Run:
         call.usage_estimated = response.usage_estimated
         call.response_model = response.model_name
         call.output_digest = lanes.hasher.digest(response.text)
+        if telemetry.capture_content:
+            call.output_text = response.text
+        if lanes.content is not None:
+            lanes.content.put(call.output_digest, response.text)
         lanes.stats.record(model.provider, True, call.duration * 1000)
         self._log.debug(
             "model.call",

@@ -25,8 +25,10 @@ from agentlanes.models.base import Message, Model, ModelResponse, ModelSettings,
 __all__ = [
     "FunctionModel",
     "ScriptedModel",
+    "SpanCapture",
     "TestModel",
     "block_model_requests",
+    "capture_spans",
 ]
 
 
@@ -199,3 +201,50 @@ class ScriptedModel(Model):
             raise AssertionError(
                 f"ScriptedModel({self.name!r}) used {len(self.calls)} of its {len(self.steps)} step(s)."
             )
+
+
+class SpanCapture:
+    """Spans of runs made with ``Lanes(tracer_provider=capture.provider)``, kept in memory.
+
+    Attributes:
+        provider: the TracerProvider to give to :class:`~agentlanes.Lanes`.
+    """
+
+    def __init__(self) -> None:
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        self._exporter = InMemorySpanExporter()
+        self.provider = TracerProvider()
+        self.provider.add_span_processor(SimpleSpanProcessor(self._exporter))
+
+    @property
+    def spans(self) -> list[Any]:
+        """Every finished span (``ReadableSpan``), in the order they ended."""
+        return list(self._exporter.get_finished_spans())
+
+    def tree(self, keys: Sequence[str] = ("agentlanes.lane", "gen_ai.operation.name")) -> list[Any]:
+        """The spans as a nested, time-ordered tree of ``[name, kind, {key attributes},
+        [event names], [children]]`` — stable across runs, for snapshot tests."""
+        spans = sorted(self.spans, key=lambda s: (s.start_time, s.name))
+        by_parent: dict[int | None, list[Any]] = {}
+        for s in spans:
+            by_parent.setdefault(s.parent.span_id if s.parent else None, []).append(s)
+
+        def node(s: Any) -> list[Any]:
+            attrs = {k: s.attributes[k] for k in keys if s.attributes and k in s.attributes}
+            return [
+                s.name,
+                s.kind.name,
+                attrs,
+                [e.name for e in s.events],
+                [node(c) for c in by_parent.get(s.context.span_id, [])],
+            ]
+
+        return [node(s) for s in by_parent.get(None, [])]
+
+
+def capture_spans() -> SpanCapture:
+    """A :class:`SpanCapture` (pass ``.provider`` to ``Lanes(tracer_provider=...)``)."""
+    return SpanCapture()

@@ -1,0 +1,289 @@
+"""Recorded runs: the run index, a run's timeline, and counterfactual replay.
+
+* :func:`list_runs`: the run index from the store.
+* :func:`load_run`: a run's spans from its local trace, shaped into stages.
+* :func:`counterfactual`: re-decide every recorded route decision of one or more
+  traces under other documents, and report what would change.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentlanes import attributes as A
+from agentlanes.decision import RouteRequest
+from agentlanes.errors import ConfigurationError
+from agentlanes.router import Router
+from agentlanes.signals import SignalSnapshot
+from agentlanes.telemetry import read_trace, trace_path
+
+__all__ = ["Change", "CounterfactualReport", "counterfactual", "find_trace", "list_runs", "load_run", "render_timeline"]
+
+
+async def list_runs(data_dir: Path) -> list[dict[str, Any]]:
+    """The run index of a data directory (oldest first)."""
+    from agentlanes.stores import SQLiteStore
+
+    db = data_dir / "agentlanes.db"
+    if not db.is_file():
+        return []
+    store = SQLiteStore(db)
+    try:
+        return await store.runs()
+    finally:
+        await store.aclose()
+
+
+def find_trace(data_dir: Path, run_or_path: str) -> Path:
+    """A trace file from a run id or a path."""
+    path = Path(run_or_path)
+    if path.is_file():
+        return path
+    candidate = trace_path(data_dir, run_or_path)
+    if candidate.is_file():
+        return candidate
+    raise ConfigurationError(
+        f"No trace for {run_or_path!r}: not a file, and no {candidate} (runs are listed by `agentlanes runs`)."
+    )
+
+
+def load_run(path: Path) -> dict[str, Any]:
+    """A run's spans, shaped: the run span, and each top-level stage with its children."""
+    spans = list(read_trace(path))
+    run = next((s for s in spans if A.RUN_ID in s["attributes"] and s["parentSpanId"] is None), None)
+    children: dict[str | None, list[dict[str, Any]]] = {}
+    for s in spans:
+        children.setdefault(s["parentSpanId"], []).append(s)
+    for items in children.values():
+        items.sort(key=lambda s: s["start"])
+    return {"run": run, "spans": spans, "children": children}
+
+
+def render_timeline(path: Path) -> str:
+    """A run drawn as a timeline for the terminal."""
+    shaped = load_run(path)
+    run, children = shaped["run"], shaped["children"]
+    spans = shaped["spans"]
+    if not spans:
+        return f"{path}: no finished spans yet."
+    t0 = min(s["start"] for s in spans)
+    t1 = max(s["end"] for s in spans)
+    total = max(t1 - t0, 1)
+    width = 40
+    lines = []
+    if run is not None:
+        a = run["attributes"]
+        lines.append(
+            f"run {a.get(A.RUN_ID)}  {a.get(A.TASK_CLASS)} / {a.get(A.RISK_CLASS)}  "
+            f"status {a.get(A.RUN_STATUS, 'running?')}  cost {a.get(A.COST_ACTUAL, 0):.6f}  "
+            f"{(t1 - t0) / 1e6:.1f} ms"
+        )
+        roots = children.get(run["spanId"], [])
+    else:
+        lines.append(f"{path}: run span not written yet (the run was cut short); stages so far:")
+        ids = {s["spanId"] for s in spans}
+        roots = [s for s in spans if s["parentSpanId"] not in ids or s["parentSpanId"] is None]
+
+    def bar(s: dict[str, Any]) -> str:
+        start = int((s["start"] - t0) / total * width)
+        length = max(1, int((s["end"] - s["start"]) / total * width))
+        return " " * start + "█" * min(length, width - start)
+
+    def walk(s: dict[str, Any], depth: int) -> None:
+        a = s["attributes"]
+        label = s["name"].replace("agentlanes.stage ", "")
+        info = []
+        if A.LANE in a:
+            info.append(f"lane {a[A.LANE]}")
+        if s["name"].startswith("agentlanes.stage"):
+            info.append(
+                f"{a.get(A.STAGE_STATUS, '?')}, {a.get(A.STAGE_ATTEMPTS, 0)} attempt(s), "
+                f"cost {a.get(A.COST_ACTUAL, 0):.6f}"
+            )
+        for e in s["events"]:
+            ea = e["attributes"]
+            if e["name"] == A.EVENT_ESCALATION:
+                info.append(
+                    f"ESCALATED {ea.get(A.FROM_LANE)}→{ea.get(A.TO_LANE)} ({ea.get(A.ESCALATION_REASON)}), "
+                    f"receipt {ea.get(A.RECEIPT_ID)}"
+                )
+            if e["name"] == A.EVENT_EVALUATION_RESULT:
+                info.append(f"verifier {ea.get(A.GEN_AI_EVALUATION_NAME)}: {ea.get(A.GEN_AI_EVALUATION_SCORE_LABEL)}")
+        ms = (s["end"] - s["start"]) / 1e6
+        lines.append(
+            f"{'  ' * depth}{label[: 34 - 2 * depth]:<{34 - 2 * depth}} {bar(s):<{width}} {ms:8.1f} ms  "
+            + "; ".join(info)
+        )
+        for c in children.get(s["spanId"], []):
+            walk(c, depth + 1)
+
+    for s in roots:
+        walk(s, 0)
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One recorded decision re-decided under new documents."""
+
+    run_id: str
+    stage: str
+    recorded_lane: str | None
+    recorded_status: str
+    new_lane: str | None
+    new_status: str
+    new_reason: str
+    recorded_cost: float | None
+    new_cost: float | None
+    escalated: bool
+
+
+@dataclass
+class CounterfactualReport:
+    """What a new policy would have done to recorded runs."""
+
+    decisions: int = 0
+    runs: int = 0
+    changes: list[Change] = field(default_factory=list)
+    recorded_cost: float = 0.0
+    new_cost: float = 0.0
+
+    @property
+    def lane_changes(self) -> list[Change]:
+        return [c for c in self.changes if c.new_lane != c.recorded_lane and c.new_lane is not None]
+
+    @property
+    def now_blocked(self) -> list[Change]:
+        return [c for c in self.changes if c.new_lane is None and c.recorded_lane is not None]
+
+    @property
+    def escalations_lost(self) -> list[Change]:
+        return [c for c in self.changes if c.escalated and c.new_lane != c.recorded_lane]
+
+    def to_json(self) -> dict[str, Any]:
+        def row(c: Change) -> dict[str, Any]:
+            return {
+                "runId": c.run_id,
+                "stage": c.stage,
+                "recorded": {"lane": c.recorded_lane, "status": c.recorded_status, "estimatedCost": c.recorded_cost},
+                "new": {
+                    "lane": c.new_lane,
+                    "status": c.new_status,
+                    "reason": c.new_reason,
+                    "estimatedCost": c.new_cost,
+                },
+                "escalated": c.escalated,
+            }
+
+        return {
+            "runs": self.runs,
+            "decisions": self.decisions,
+            "laneChanges": [row(c) for c in self.lane_changes],
+            "nowDeferredOrDenied": [row(c) for c in self.now_blocked],
+            "escalationsNoLongerAllowed": [row(c) for c in self.escalations_lost],
+            "cost": {
+                "recorded": round(self.recorded_cost, 6),
+                "new": round(self.new_cost, 6),
+                "difference": round(self.new_cost - self.recorded_cost, 6),
+            },
+        }
+
+    def table(self) -> str:
+        out = [f"{self.decisions} recorded decision(s) in {self.runs} run(s) re-decided"]
+        for title, rows in (
+            ("lanes that change", self.lane_changes),
+            ("now deferred or denied", self.now_blocked),
+            ("escalations no longer allowed", self.escalations_lost),
+        ):
+            out.append(f"\n{title}: {len(rows)}")
+            for c in rows:
+                out.append(
+                    f"  {c.run_id:<26} {c.stage:<16} {c.recorded_lane or '-':>9} → {c.new_lane or '-':<9} "
+                    f"{c.new_status:<10} {c.new_reason}"
+                )
+        diff = self.new_cost - self.recorded_cost
+        out.append(
+            f"\nestimated cost: recorded {self.recorded_cost:.6f}, new {self.new_cost:.6f} "
+            f"({'+' if diff >= 0 else ''}{diff:.6f})"
+        )
+        return "\n".join(out)
+
+
+def _decision_events(path: Path) -> Iterable[tuple[str, str, dict[str, Any], set[str]]]:
+    """(run id, stage name, decision event attributes, escalated decision ids) per decision."""
+    spans = list(read_trace(path, containing=A.EVENT_DECISION))
+    run_id = path.name.split(".")[0]
+    for s in sorted(spans, key=lambda s: s["start"]):
+        escalated = {e["attributes"].get(A.DECISION_ID) for e in s["events"] if e["name"] == A.EVENT_ESCALATION}
+        for e in s["events"]:
+            if e["name"] == A.EVENT_DECISION:
+                yield run_id, s["attributes"].get(A.STAGE_NAME, s["name"]), e["attributes"], escalated
+
+
+def counterfactual(paths: Sequence[Path], router: Router) -> CounterfactualReport:
+    """Re-decide every recorded decision of ``paths`` with ``router``'s documents."""
+    report = CounterfactualReport()
+    snapshots: dict[str, SignalSnapshot] = {}
+    runs: set[str] = set()
+    for path in paths:
+        for run_id, stage, attrs, escalated in _decision_events(path):
+            runs.add(run_id)
+            req = json.loads(attrs[A.REQUEST])
+            key = repr(req["signals"])  # JSON-decoded values: equal reprs mean equal signals
+            snap = snapshots.get(key)
+            if snap is None:
+                snap = snapshots[key] = SignalSnapshot(req["signals"])
+            request = RouteRequest.model_construct(
+                task_class=req["taskClass"],
+                stage=req["stage"],
+                risk_class=req["riskClass"],
+                requested_lane=req["requestedLane"],
+                escalation_reason=req["escalationReason"],
+                budget_window=req["budgetWindow"],
+                budget_remaining=req["budgetRemaining"],
+                deterministic=req["deterministic"],
+                excluded_lanes=tuple(tuple(x) for x in req["excludedLanes"]),
+                signals=snap,
+            )
+            premium = req.get("premiumRemaining")
+            new_status: str
+            try:
+                new = router.decide(request, premium_remaining=tuple(premium) if premium else None)
+                new_lane, new_status, new_reason, new_cost = new.lane, new.status, new.reason, new.estimated_cost
+            except ConfigurationError as exc:
+                new_lane, new_status, new_reason, new_cost = None, "error", str(exc), None
+            recorded_lane = attrs.get(A.LANE) or None
+            recorded_cost = _recorded_cost(attrs)
+            report.decisions += 1
+            report.recorded_cost += recorded_cost or 0.0
+            report.new_cost += new_cost or 0.0
+            change = Change(
+                run_id,
+                stage,
+                recorded_lane,
+                attrs.get(A.DECISION_STATUS, "?"),
+                new_lane,
+                new_status,
+                new_reason,
+                recorded_cost,
+                new_cost,
+                attrs.get(A.DECISION_ID) in escalated,
+            )
+            if (
+                change.new_lane != change.recorded_lane
+                or change.new_status != change.recorded_status
+                or change.new_cost != change.recorded_cost
+            ):
+                report.changes.append(change)
+    report.runs = len(runs)
+    return report
+
+
+def _recorded_cost(attrs: dict[str, Any]) -> float | None:
+    """The recorded decision's estimated cost (absent when it admitted no lane)."""
+    value = attrs.get(A.COST_ESTIMATED)
+    return float(value) if isinstance(value, (int, float)) else None

@@ -1,0 +1,466 @@
+"""OpenTelemetry spans, and the durable local trace every run leaves.
+
+Spans follow the GenAI semantic conventions (names in :mod:`agentlanes.attributes`):
+``invoke_workflow {name}`` per run, one span per stage (``agentlanes.stage {name}``),
+``chat {model}`` per model call, ``execute_tool {name}`` per deterministic verifier or
+tool, verifier outcomes as ``gen_ai.evaluation.result`` events and escalations as
+``agentlanes.escalation`` events with the receipt's id and digest.
+
+**Privacy.** Content (prompts, outputs, tool output, error texts) is recorded as keyed
+digests, never as text, unless content capture is on: ``Lanes(capture_content=True)``,
+or ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`` when the code says nothing.
+
+**The local trace.** Every span of a run is appended, as it ends, to
+``<data-dir>/traces/<run-id>.otlp.jsonl``: one ``ExportTraceServiceRequest`` per line in
+OTLP/JSON (the official protobuf encoder; hex ids, as the Collector's file exporter
+writes them), flushed, so after a kill -9 everything up to the last finished span can be
+read (a torn last line is ignored by :func:`read_trace`). The local trace never depends
+on an exporter. With an application TracerProvider configured, agentlanes uses it and
+adds its trace writer to it (the writer only records agentlanes runs' traces).
+
+Schema versions of the trace (``agentlanes.trace.schema`` on the run span):
+``agentlanes.trace/1``: first version.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from agentlanes import attributes as A
+
+__all__ = ["TRACE_SCHEMA_VERSION", "Telemetry", "TraceWriter", "read_trace", "trace_path"]
+
+TRACE_SCHEMA_VERSION = "agentlanes.trace/1"
+_ID_KEYS = ("traceId", "spanId", "parentSpanId")
+
+
+def trace_path(data_dir: Path, run_id: str) -> Path:
+    """Where a run's local trace lives."""
+    return data_dir / "traces" / f"{run_id}.otlp.jsonl"
+
+
+def _hex_ids(obj: Any) -> Any:
+    """OTLP/JSON writes trace and span ids as hex; protobuf's JSON mapping uses base64."""
+    if isinstance(obj, dict):
+        return {
+            k: (base64.b64decode(v).hex() if k in _ID_KEYS and isinstance(v, str) else _hex_ids(v))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, list):
+        return [_hex_ids(v) for v in obj]
+    return obj
+
+
+def encode_otlp_json(spans: list[ReadableSpan]) -> str:
+    """One OTLP/JSON ``ExportTraceServiceRequest`` line for ``spans``."""
+    from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    message = MessageToDict(encode_spans(spans), use_integers_for_enums=True)
+    return json.dumps(_hex_ids(message), separators=(",", ":"), ensure_ascii=False)
+
+
+class TraceWriter(SpanProcessor):
+    """Appends the spans of registered traces to their run's file as each span ends."""
+
+    def __init__(self) -> None:
+        self._files: dict[int, Any] = {}
+        self._lock = threading.Lock()
+
+    def register(self, trace_id: int, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            self._files[trace_id] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+
+    def close(self, trace_id: int) -> None:
+        with self._lock:
+            fh = self._files.pop(trace_id, None)
+        if fh is not None:
+            fh.close()
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        pass
+
+    def on_end(self, span: ReadableSpan) -> None:
+        ctx = span.context
+        if ctx is None:
+            return
+        fh = self._files.get(ctx.trace_id)
+        if fh is None:
+            return
+        line = encode_otlp_json([span])
+        with self._lock:
+            fh.write(line + "\n")
+            fh.flush()  # in the OS once the span has ended: a kill -9 cannot lose it
+
+    def shutdown(self) -> None:
+        with self._lock:
+            files, self._files = self._files, {}
+        for fh in files.values():
+            fh.close()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+class Telemetry:
+    """The tracer agentlanes uses, and its local trace writer.
+
+    Args:
+        data_dir: where traces are written.
+        enabled: ``False`` turns spans (and so the local trace) off.
+        tracer_provider: an explicit provider; otherwise the application's global SDK
+            provider if it has one, else a private one.
+        capture_content: record prompts/outputs as text (default: the environment
+            variable ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT``, else off).
+        otlp_endpoint: also export over OTLP/HTTP (needs ``agentlanes[otlp]``), batched.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        enabled: bool = True,
+        tracer_provider: Any = None,
+        capture_content: bool | None = None,
+        otlp_endpoint: str | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.enabled = enabled
+        if capture_content is None:
+            env = os.environ.get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "")
+            capture_content = env.strip().lower() in ("1", "true", "yes")
+        self.capture_content = capture_content
+        self.writer = TraceWriter()
+        self.exporter_processor: BatchSpanProcessor | None = None
+        if not enabled:
+            self.tracer: trace.Tracer = trace.NoOpTracer()
+            return
+        provider = tracer_provider
+        if provider is None:
+            global_provider = trace.get_tracer_provider()
+            provider = global_provider if isinstance(global_provider, TracerProvider) else TracerProvider()
+        self.provider = provider
+        provider.add_span_processor(self.writer)
+        if otlp_endpoint:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            self.exporter_processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint))
+            provider.add_span_processor(self.exporter_processor)
+        self.tracer = provider.get_tracer("agentlanes", schema_url="https://opentelemetry.io/schemas/1.37.0")
+
+    def start_run(self, run_id: str, span: Any) -> Path | None:
+        """Register a run's root span; its trace goes to the run's file."""
+        if not self.enabled or not span.is_recording():
+            return None
+        path = trace_path(self.data_dir, run_id)
+        self.writer.register(span.get_span_context().trace_id, path)
+        return path
+
+    def end_run(self, span: Any) -> None:
+        if self.enabled:
+            self.writer.close(span.get_span_context().trace_id)
+
+
+def _value(v: dict[str, Any]) -> Any:
+    if "stringValue" in v:
+        return v["stringValue"]
+    if "boolValue" in v:
+        return v["boolValue"]
+    if "intValue" in v:
+        return int(v["intValue"])
+    if "doubleValue" in v:
+        return float(v["doubleValue"])
+    if "arrayValue" in v:
+        return [_value(x) for x in v["arrayValue"].get("values", [])]
+    return None
+
+
+def _attrs(items: list[dict[str, Any]] | None) -> dict[str, Any]:
+    return {a["key"]: _value(a.get("value", {})) for a in items or []}
+
+
+def read_trace(path: Path, *, containing: str | None = None) -> Iterator[dict[str, Any]]:
+    """The spans of a local trace file, as plain dicts (``name``, ``spanId``,
+    ``parentSpanId``, ``kind``, ``start``, ``end``, ``attributes``, ``events``,
+    ``status``), in the order they ended. A torn last line (a writer killed
+    mid-line) is skipped; a broken line elsewhere is an error.
+
+    Args:
+        containing: only parse lines that contain this text (a span per line makes
+            this an exact, cheap filter, e.g. an event name).
+    """
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
+        if not line.strip() or (containing is not None and containing not in line and i != last):
+            continue
+        try:
+            message = json.loads(line)
+        except ValueError:
+            if i == last:
+                return  # torn by a kill mid-write: everything before it is intact
+            raise ValueError(f"{path}: line {i + 1} is not OTLP/JSON") from None
+        for rs in message.get("resourceSpans", []):
+            for ss in rs.get("scopeSpans", []):
+                for span in ss.get("spans", []):
+                    yield {
+                        "name": span.get("name"),
+                        "traceId": span.get("traceId"),
+                        "spanId": span.get("spanId"),
+                        "parentSpanId": span.get("parentSpanId") or None,
+                        "kind": span.get("kind", 0),
+                        "start": int(span.get("startTimeUnixNano", 0)),
+                        "end": int(span.get("endTimeUnixNano", 0)),
+                        "attributes": _attrs(span.get("attributes")),
+                        "events": [
+                            {
+                                "name": e.get("name"),
+                                "time": int(e.get("timeUnixNano", 0)),
+                                "attributes": _attrs(e.get("attributes")),
+                            }
+                            for e in span.get("events", [])
+                        ],
+                        "status": span.get("status", {}),
+                    }
+
+
+def run_attributes(run_id: str, task_class: str, risk_class: str, chain: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        A.GEN_AI_OPERATION_NAME: A.OP_INVOKE_WORKFLOW,
+        A.GEN_AI_WORKFLOW_NAME: chain or task_class,
+        A.TRACE_SCHEMA: TRACE_SCHEMA_VERSION,
+        A.RUN_ID: run_id,
+        A.TASK_CLASS: task_class,
+        A.RISK_CLASS: risk_class,
+    }
+    if chain:
+        out[A.CHAIN_REF] = chain
+    return out
+
+
+class ContentStore:
+    """Bodies needed for exact replay, under ``<data-dir>/content/``, named by their
+    keyed digest. Local only: nothing here is ever exported."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        return self.root / digest.split(":", 1)[-1]
+
+    def put(self, digest: str, text: str) -> None:
+        path = self.path(digest)
+        if path.exists():
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+
+    def get(self, digest: str) -> str | None:
+        try:
+            return self.path(digest).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+
+
+def _rejected(decision: Any) -> list[str]:
+    return [f"{c.lane}: {', '.join(c.reasons)}" for c in decision.candidates if not c.feasible]
+
+
+def _request_json(decision: Any, premium: tuple[float, float] | None) -> str:
+    req = decision.request
+    return json.dumps(
+        {
+            "taskClass": req.task_class,
+            "stage": req.stage,
+            "riskClass": req.risk_class,
+            "requestedLane": req.requested_lane,
+            "escalationReason": req.escalation_reason,
+            "budgetWindow": req.budget_window,
+            "budgetRemaining": req.budget_remaining,
+            "deterministic": req.deterministic,
+            "excludedLanes": [list(x) for x in req.excluded_lanes],
+            "ledgerRemaining": decision.ledger_remaining,
+            "premiumRemaining": list(premium) if premium is not None else None,
+            "signals": dict(req.signals.raw),
+        },
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+    )
+
+
+def emit_stage(run: Any, record: Any, parent_ctx: Any) -> None:
+    """Emit a finished stage and everything inside it as spans (called once per
+    top-level stage record, when it ends)."""
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    tracer = run.lanes.telemetry.tracer
+    capture = run.lanes.telemetry.capture_content
+    record.emitted = True
+    last = record.decisions[-1] if record.decisions else None
+    attrs: dict[str, Any] = {
+        A.STAGE: record.stage,
+        A.STAGE_NAME: record.name,
+        A.STAGE_STATUS: record.status,
+        A.STAGE_ATTEMPTS: record.attempts,
+        A.TASK_CLASS: run.task_class,
+        A.RISK_CLASS: last.request.risk_class if last is not None else run.risk_class,
+        A.COST_ACTUAL: record.cost / 1_000_000,
+    }
+    if record.parent:
+        attrs[A.STAGE_PARENT] = record.parent
+    if last is not None:
+        attrs.update(
+            {
+                A.LANE: last.lane or "",
+                A.DECISION_ID: last.decision_id,
+                A.DECISION_STATUS: last.status,
+                A.DECISION_REASON: last.reason,
+                A.CANDIDATES_REJECTED: _rejected(last),
+                A.BUDGET_REMAINING: last.budget_remaining,
+            }
+        )
+        if last.estimated_cost is not None:
+            attrs[A.COST_ESTIMATED] = last.estimated_cost
+    if record.output_digest:
+        attrs[A.OUTPUT_DIGEST] = record.output_digest
+    span = tracer.start_span(
+        f"agentlanes.stage {record.name}",
+        context=parent_ctx,
+        kind=SpanKind.INTERNAL,
+        start_time=record.started_ns,
+        attributes=attrs,
+    )
+    for decision in record.decisions:
+        event: dict[str, Any] = {
+            A.DECISION_ID: decision.decision_id,
+            A.DECISION_STATUS: decision.status,
+            A.DECISION_REASON: decision.reason,
+            A.LANE: decision.lane or "",
+            A.CANDIDATES_REJECTED: _rejected(decision),
+            A.REQUEST: _request_json(decision, run._premium.get(decision.decision_id)),
+        }
+        if decision.estimated_cost is not None:
+            event[A.COST_ESTIMATED] = decision.estimated_cost
+        span.add_event(A.EVENT_DECISION, event)
+    for receipt in record.receipts:
+        span.add_event(
+            A.EVENT_ESCALATION,
+            {
+                A.RECEIPT_ID: receipt.receipt_id,
+                A.RECEIPT_DIGEST: receipt.digest,
+                A.FROM_LANE: receipt.body.get("fromLane") or "",
+                A.TO_LANE: receipt.body["toLane"],
+                A.ESCALATION_REASON: receipt.body["reason"],
+                A.DECISION_ID: receipt.body["decisionId"],
+            },
+        )
+    ctx = trace.set_span_in_context(span)
+    for call in record.calls:
+        call_attrs: dict[str, Any] = {
+            A.GEN_AI_OPERATION_NAME: A.OP_CHAT,
+            A.GEN_AI_PROVIDER_NAME: call.provider,
+            A.GEN_AI_REQUEST_MODEL: call.model,
+            A.GEN_AI_REQUEST_MAX_TOKENS: call.max_tokens,
+            A.LANE: call.lane,
+            A.ATTEMPT: call.attempt,
+            A.COST_RESERVED: call.reserved / 1_000_000,
+            A.COST_ACTUAL: call.charged / 1_000_000,
+        }
+        if call.prompt_digest:
+            call_attrs[A.PROMPT_DIGEST] = call.prompt_digest
+        if call.ok and call.usage is not None:
+            call_attrs[A.GEN_AI_RESPONSE_MODEL] = call.response_model or call.model
+            call_attrs[A.GEN_AI_USAGE_INPUT_TOKENS] = call.usage.input_tokens
+            call_attrs[A.GEN_AI_USAGE_OUTPUT_TOKENS] = call.usage.output_tokens
+        if call.output_digest:
+            call_attrs[A.OUTPUT_DIGEST] = call.output_digest
+        if capture and call.prompt_text is not None:
+            call_attrs[A.GEN_AI_INPUT_MESSAGES] = call.prompt_text
+        if capture and call.output_text is not None:
+            call_attrs[A.GEN_AI_OUTPUT_MESSAGES] = json.dumps([{"role": "assistant", "content": call.output_text}])
+        child = tracer.start_span(
+            f"chat {call.model}", context=ctx, kind=SpanKind.CLIENT, start_time=call.started_ns, attributes=call_attrs
+        )
+        if not call.ok:
+            child.set_attribute(A.ERROR_TYPE, call.error or "error")
+            child.set_status(Status(StatusCode.ERROR))
+        child.end(end_time=call.started_ns + int(call.duration * 1e9))
+    if record.stage in ("verification", "tool-use") and record.decisions and record.decisions[-1].lane == "no-model":
+        _emit_tools(tracer, record, ctx, run)
+    for child_record in run.records:
+        if child_record.parent == record.name and not child_record.emitted and child_record is not record:
+            emit_stage(run, child_record, ctx)
+    if record.status != "succeeded":
+        span.set_status(Status(StatusCode.ERROR))
+        if record.error:
+            span.set_attribute(A.ERROR_TYPE, record.error)
+    span.end(end_time=record.ended_ns)
+
+
+def _emit_tools(tracer: Any, record: Any, ctx: Any, run: Any) -> None:
+    from opentelemetry.trace import SpanKind, Status, StatusCode
+
+    hasher = run.lanes.hasher
+    at = record.started_ns
+    results = [r for batch in record.verifications for r in batch]
+    if record.stage == "tool-use" and not results:
+        span = tracer.start_span(
+            f"execute_tool {record.name}",
+            context=ctx,
+            kind=SpanKind.INTERNAL,
+            start_time=at,
+            attributes={
+                A.GEN_AI_OPERATION_NAME: A.OP_EXECUTE_TOOL,
+                A.GEN_AI_TOOL_NAME: record.name,
+                A.GEN_AI_TOOL_TYPE: "function",
+                A.LANE: "no-model",
+            },
+        )
+        if record.status != "succeeded":
+            span.set_status(Status(StatusCode.ERROR))
+        span.end(end_time=record.ended_ns)
+        return
+    for result in results:
+        end = at + int(result.duration * 1e9)
+        span = tracer.start_span(
+            f"execute_tool {result.name}",
+            context=ctx,
+            kind=SpanKind.INTERNAL,
+            start_time=at,
+            attributes={
+                A.GEN_AI_OPERATION_NAME: A.OP_EXECUTE_TOOL,
+                A.GEN_AI_TOOL_NAME: result.name,
+                A.GEN_AI_TOOL_TYPE: "function",
+                A.LANE: "no-model",
+                A.VERIFIER_KIND: result.kind,
+            },
+        )
+        event: dict[str, Any] = {
+            A.GEN_AI_EVALUATION_NAME: result.name,
+            A.GEN_AI_EVALUATION_SCORE_LABEL: "pass" if result.passed else "fail",
+            A.OUTPUT_DIGEST: hasher.digest(f"{result.summary}\n{result.output}"),
+        }
+        if result.exit_status is not None:
+            event[A.VERIFIER_EXIT_STATUS] = result.exit_status
+        span.add_event(A.EVENT_EVALUATION_RESULT, event, timestamp=end)
+        if run.lanes.content is not None:
+            run.lanes.content.put(event[A.OUTPUT_DIGEST], f"{result.summary}\n{result.output}")
+        if not result.passed:
+            span.set_status(Status(StatusCode.ERROR))
+        span.end(end_time=end)
+        at = end
