@@ -574,6 +574,9 @@ class Run:
                 self._span.set_attribute(A.ERROR_TYPE, type(exc).__name__)
         self._span.end()
         self.lanes.telemetry.end_run(self._span)
+        exporter = self.lanes.telemetry.exporter
+        if exporter is not None and exporter.dropped:
+            self._log.warning("telemetry.dropped_spans", dropped=exporter.dropped, exported=exporter.exported)
         with anyio.CancelScope(shield=True):
             await self.lanes.store.record_run({**self._index_entry(), "endedAt": _now_iso()})
         self._log.info(

@@ -28,15 +28,16 @@ import base64
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
 from agentlanes import attributes as A
+from agentlanes.errors import ConfigurationError
 
 __all__ = ["TRACE_SCHEMA_VERSION", "Telemetry", "TraceWriter", "read_trace", "trace_path"]
 
@@ -113,6 +114,33 @@ class TraceWriter(SpanProcessor):
         return True
 
 
+class CountingExporter(SpanExporter):
+    """Wraps an exporter and counts the spans it could not deliver (the local trace has
+    them regardless)."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+        self.exported = 0
+        self.dropped = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.inner.export(spans)
+        except Exception:  # an exporter must never break the run
+            result = SpanExportResult.FAILURE
+        if result is SpanExportResult.SUCCESS:
+            self.exported += len(spans)
+        else:
+            self.dropped += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
 class Telemetry:
     """The tracer agentlanes uses, and its local trace writer.
 
@@ -152,10 +180,16 @@ class Telemetry:
             provider = global_provider if isinstance(global_provider, TracerProvider) else TracerProvider()
         self.provider = provider
         provider.add_span_processor(self.writer)
+        self.exporter: CountingExporter | None = None
         if otlp_endpoint:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-            self.exporter_processor = BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint))
+            try:
+                from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+            except ImportError:
+                raise ConfigurationError(
+                    "Exporting spans over OTLP/HTTP needs the 'otlp' extra: pip install 'agentlanes[otlp]'."
+                ) from None
+            self.exporter = CountingExporter(OTLPSpanExporter(endpoint=otlp_endpoint))
+            self.exporter_processor = BatchSpanProcessor(self.exporter)
             provider.add_span_processor(self.exporter_processor)
         self.tracer = provider.get_tracer("agentlanes", schema_url="https://opentelemetry.io/schemas/1.37.0")
 
@@ -170,6 +204,16 @@ class Telemetry:
     def end_run(self, span: Any) -> None:
         if self.enabled:
             self.writer.close(span.get_span_context().trace_id)
+
+    def flush_export(self, timeout_millis: int = 10000) -> tuple[int, int]:
+        """Push batched spans to the collector now; ``(exported, dropped)`` so far.
+
+        Spans the batch processor discarded because its queue was full never reach the
+        exporter; the SDK logs those. Everything is in the local trace either way."""
+        if self.exporter_processor is None or self.exporter is None:
+            return (0, 0)
+        self.exporter_processor.force_flush(timeout_millis)
+        return (self.exporter.exported, self.exporter.dropped)
 
 
 def _value(v: dict[str, Any]) -> Any:

@@ -325,3 +325,47 @@ async def test_tracing_off_writes_no_trace(tmp_path: Path) -> None:
     store = lanes.store
     assert isinstance(store, SQLiteStore)
     await store.aclose()
+
+
+async def test_otlp_http_export_to_a_local_collector(tmp_path: Path) -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.sdk.trace import TracerProvider
+
+    received: list[str] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            req = ExportTraceServiceRequest.FromString(body)
+            received.extend(s.name for rs in req.resource_spans for ss in rs.scope_spans for s in ss.spans)
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        lanes = lanes_for(tmp_path, {"standard": TestModel()}, tracer_provider=TracerProvider(),
+                          otlp_endpoint=f"http://127.0.0.1:{port}/v1/traces")
+        async with lanes.run(task_class="routine-code") as run:
+            await run.stage("planning", lambda ctx: ctx.complete("x"))
+        exported, dropped = lanes.telemetry.flush_export()
+        assert (exported, dropped) == (3, 0)
+        assert sorted(received) == sorted(s["name"] for s in read_trace(run.trace_path))
+    finally:
+        server.shutdown()
+        server.server_close()
+    # the collector is gone: spans are counted as dropped, the local trace still has them
+    lanes = lanes_for(tmp_path, {"standard": TestModel()}, tracer_provider=TracerProvider(),
+                      otlp_endpoint=f"http://127.0.0.1:{port}/v1/traces")
+    async with lanes.run(task_class="routine-code") as run:
+        await run.stage("planning", lambda ctx: ctx.complete("x"))
+    assert lanes.telemetry.flush_export(3000)[1] == 3
+    assert len(list(read_trace(run.trace_path))) == 3
