@@ -171,6 +171,7 @@ class Telemetry:
         self.capture_content = capture_content
         self.writer = TraceWriter()
         self.exporter_processor: BatchSpanProcessor | None = None
+        self.exporter: CountingExporter | None = None
         if not enabled:
             self.tracer: trace.Tracer = trace.NoOpTracer()
             return
@@ -180,7 +181,6 @@ class Telemetry:
             provider = global_provider if isinstance(global_provider, TracerProvider) else TracerProvider()
         self.provider = provider
         provider.add_span_processor(self.writer)
-        self.exporter: CountingExporter | None = None
         if otlp_endpoint:
             try:
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
