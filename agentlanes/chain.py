@@ -249,6 +249,7 @@ class Chain:
             variables={k: str(v) for k, v in values.items()},
             chain=self.ref,
         ) as run:
+            run.record_inputs({"task": task, "variables": dict(variables or {})})
             output: Any = None
             for step in self.steps:
                 output = await self._step(run, step, values)

@@ -11,6 +11,7 @@ decision), 1 when a document or request is unusable (one clear message each on s
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Iterable, Sequence
@@ -389,15 +390,37 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _exact_replay(args: argparse.Namespace) -> int:
+    import anyio
+
+    from agentlanes.errors import ReplayDivergence
+    from agentlanes.history import find_trace
+    from agentlanes.replay import replay_run
+
+    data_dir = _data_dir(args)
+    status = 0
+    for run in args.runs:
+        try:
+            path = find_trace(data_dir, run)
+            report = anyio.run(functools.partial(replay_run, path, data_dir=data_dir, chain=args.chain))
+        except ReplayDivergence as exc:
+            _err(f"{run}: DIVERGED at {exc}")
+            status = 1
+            continue
+        except (ConfigurationError, ValueError, OSError) as exc:
+            _err(f"{run}: {exc}")
+            status = 1
+            continue
+        suffix = "" if report.complete else " (the trace was cut short; replayed up to where it ends)"
+        print(f"{report.run_id}: replayed exactly, {report.steps} step(s) identical to the record{suffix}")
+    return status
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     from agentlanes.history import counterfactual, find_trace
 
     if not (args.policy or args.optimizer or args.price_catalog):
-        _err(
-            "exact replay (re-running the chain from its record) is not available yet; for a counterfactual "
-            "replay pass --policy, --optimizer and/or --price-catalog."
-        )
-        return 2
+        return _exact_replay(args)
     try:
         paths = [find_trace(_data_dir(args), r) for r in args.runs]
         router = _Cache().router(args.policy, args.optimizer, args.price_catalog)
@@ -488,12 +511,16 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show", help="draw a recorded run as a timeline")
     show.add_argument("run", help="run id or trace file")
     show.set_defaults(func=_cmd_show)
-    replay = sub.add_parser("replay", help="re-decide recorded runs under other documents (counterfactual)")
+    replay = sub.add_parser(
+        "replay",
+        help="replay recorded runs exactly (no network), or re-decide them under other documents (counterfactual)",
+    )
     replay.add_argument("runs", nargs="+", metavar="RUN_OR_TRACE", help="run ids or trace files")
     replay.add_argument("--policy", help="routing policy to re-decide under")
     replay.add_argument("--optimizer", help="optimizer to re-decide under")
     replay.add_argument("--price-catalog", help="price catalog to re-decide under")
     replay.add_argument("--json", action="store_true", help="JSON report instead of a table")
+    replay.add_argument("--chain", help="module:attr of the chain to replay (default: the one the run recorded)")
     replay.set_defaults(func=_cmd_replay)
     for p in (runs, show, replay):
         p.add_argument("--data-dir", help="data directory (default: AGENTLANES_HOME or ./.agentlanes)")

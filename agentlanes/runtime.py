@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
 import anyio
 from opentelemetry import trace
@@ -61,6 +61,9 @@ from agentlanes.sources import LiveSignals, ProviderStats, SignalSource, StaticS
 from agentlanes.stores import SQLiteStore, Store
 from agentlanes.telemetry import ContentStore, Telemetry, emit_stage, run_attributes
 from agentlanes.verifiers import ModelVerifier, Verifier, VerifierResult, VerifyContext
+
+if TYPE_CHECKING:
+    from agentlanes.replay import Replayer
 
 __all__ = [
     "CallRecord",
@@ -129,6 +132,8 @@ class CallRecord:
     response_model: str | None = None
     max_tokens: int = 0
     started_ns: int = 0
+    step: int = 0
+    retryable: bool = False
     prompt_text: str | None = None
     """Only kept when content capture is on."""
     output_text: str | None = None
@@ -155,7 +160,8 @@ class StageRecord:
     parent: str | None = None
     output_digest: str | None = None
     started_ns: int = field(default_factory=time.time_ns)
-    premium: dict[str, tuple[float, float]] = field(default_factory=dict)
+    result_steps: list[int] = field(default_factory=list)
+    """Step number of each verifier result, in order (see ``Run._next_step``)."""
     """Premium headroom the ledger gave each decision (by decision id), for the trace."""
     emitted: bool = False
 
@@ -253,6 +259,8 @@ class Lanes:
         self._telemetry: Telemetry | None = None
         self.record_content = record_content
         self._content: ContentStore | None = None
+        self.replay: Replayer | None = None
+        """A :class:`~agentlanes.replay.Replayer` while a recorded run is replayed."""
         self.bundle = self.router.bundle
         self.models: dict[str, tuple[Model, ...]] = {}
         for lane, bound in (models or {}).items():
@@ -529,7 +537,9 @@ class Run:
         self.started_at = ""
         self._planned = False
         self._log = get_logger(run_id=self.run_id)
-        self._premium: dict[str, tuple[float, float]] = {}
+        self._premium: dict[str, tuple[float, float] | None] = {}
+        self._steps: dict[str, int] = {}
+        self._step = 0
         self._span: Any = trace.INVALID_SPAN
         self._span_ctx: Any = None
         self.trace_path: Path | None = None
@@ -582,6 +592,28 @@ class Run:
         self._log.info(
             "run.end", status=self.status, cost=str(from_micro(self.cost_micro)), receipts=len(self.receipts)
         )
+
+    def record_inputs(self, inputs: Mapping[str, Any]) -> None:
+        """Keep the run's inputs (the task, variables) for exact replay: the text goes to
+        the local content store, the trace holds only its digest."""
+        text = json.dumps(dict(inputs), sort_keys=True, ensure_ascii=False)
+        digest = self.lanes.hasher.digest(text)
+        store = self.lanes.content
+        if store is not None:
+            store.put(digest, text)
+        if self._span.is_recording():
+            self._span.set_attribute(A.RUN_INPUT_DIGEST, digest)
+            # A marker span that ends now: the first line of the local trace, so that a
+            # run cut short by a kill still says what it was given and which chain ran.
+            marker = self.lanes.telemetry.tracer.start_span(
+                "agentlanes.run.inputs",
+                context=self._span_ctx,
+                attributes={
+                    **run_attributes(self.run_id, self.task_class, self.risk_class, self.chain),
+                    A.RUN_INPUT_DIGEST: digest,
+                },
+            )
+            marker.end()
 
     def _index_entry(self) -> dict[str, Any]:
         return {
@@ -825,10 +857,15 @@ class Run:
         ledger_remaining: float | None = None,
         risk_class: str | None = None,
     ) -> RouteDecision:
-        signals = await self.lanes.signals.snapshot()
-        remaining, premium = await self.lanes.ledger.headroom(self.run_id, "task")
-        if ledger_remaining is not None:
-            remaining = min(remaining, ledger_remaining)
+        replay = self.lanes.replay
+        if replay is not None:
+            # the signals and budget this decision saw in the recorded run
+            signals, remaining, premium = replay.decision_inputs()
+        else:
+            signals = await self.lanes.signals.snapshot()
+            remaining, premium = await self.lanes.ledger.headroom(self.run_id, "task")
+            if ledger_remaining is not None:
+                remaining = min(remaining, ledger_remaining)
         # Built by the runtime from checked values: no need to validate it again.
         request = RouteRequest.model_construct(
             task_class=self.task_class,
@@ -843,7 +880,16 @@ class Run:
         )
         decision = self.lanes.router.decide(request, premium_remaining=premium)
         self._premium[decision.decision_id] = premium
+        self._steps[decision.decision_id] = self._next_step()
+        if replay is not None:
+            replay.check_decision(decision)
         return decision
+
+    def _next_step(self) -> int:
+        """Order of the run's recorded steps (decisions, calls, verifier results,
+        escalations): what exact replay follows."""
+        self._step += 1
+        return self._step
 
     def _finish_evidence(self, record: StageRecord, given: Mapping[str, Any] | None, reason: str | None) -> None:
         """Record the given evidence, fill the stage's required items that the runtime
@@ -912,7 +958,10 @@ class Run:
                 decision.decision_id,
                 decision.estimated_cost or 0.0,
             )
-            approval = await approver(request) if approver is not None else None
+            if self.lanes.replay is not None:
+                approval = self.lanes.replay.serve_approval()
+            else:
+                approval = await approver(request) if approver is not None else None
             if approval is None or not approval.approved:
                 who = None if approval is None else approval.approver
                 raise EscalationDenied(
@@ -941,6 +990,9 @@ class Run:
         with anyio.CancelScope(shield=True):
             stored = await self.lanes.store.append_receipt(self.run_id, body, self.lanes.signer.seal)
         receipt = Receipt.from_text(stored.text)
+        self._steps[receipt.receipt_id] = self._next_step()
+        if self.lanes.replay is not None:
+            self.lanes.replay.check_escalation(from_lane, decision.lane, reason, decision.decision_id)
         record.receipts.append(receipt)
         self.receipts.append(receipt)
         self._log.info(
@@ -999,7 +1051,13 @@ class Run:
                     raise RouteDeferred(decision, run_id=self.run_id, stage=record.name)
                 context = VerifyContext(self.lanes.max_log_lines, self.variables)
                 for v in deterministic:
-                    results.append(await v.verify(output, context))
+                    step = self._next_step()
+                    if self.lanes.replay is not None:
+                        result = self.lanes.replay.serve_verifier(v.name)
+                    else:
+                        result = await v.verify(output, context)
+                    results.append(result)
+                    record.result_steps.append(step)
                     self._log.debug(
                         "verifier.result",
                         stage=record.name,
@@ -1218,8 +1276,12 @@ class Run:
         started = time.perf_counter()
         timeout = settings.timeout or lanes.call_timeout
         try:
+            call.step = self._next_step()
             with anyio.fail_after(timeout):
-                response = await model.request(messages, settings)
+                if lanes.replay is not None:
+                    response = lanes.replay.serve_call(lane, call.prompt_digest or "")
+                else:
+                    response = await model.request(messages, settings)
         except BaseException as exc:
             call.duration = time.perf_counter() - started
             usage = getattr(exc, "usage", None)
@@ -1230,6 +1292,7 @@ class Run:
                     await lanes.ledger.release(reservation)
             call.error = type(exc).__name__
             call.status = getattr(exc, "status", None)
+            call.retryable = bool(getattr(exc, "retryable", False))
             if not isinstance(exc, anyio.get_cancelled_exc_class()):
                 lanes.stats.record(model.provider, False, call.duration * 1000)
                 self._log.warning(

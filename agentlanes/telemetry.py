@@ -400,12 +400,17 @@ def emit_stage(run: Any, record: Any, parent_ctx: Any) -> None:
         }
         if decision.estimated_cost is not None:
             event[A.COST_ESTIMATED] = decision.estimated_cost
+        step = run._steps.get(decision.decision_id)
+        if step is not None:
+            event[A.STEP] = step
         span.add_event(A.EVENT_DECISION, event)
     for receipt in record.receipts:
         span.add_event(
             A.EVENT_ESCALATION,
             {
                 A.RECEIPT_ID: receipt.receipt_id,
+                A.STEP: run._steps.get(receipt.receipt_id, 0),
+                A.APPROVER: (receipt.body.get("approval") or {}).get("approver") or "",
                 A.RECEIPT_DIGEST: receipt.digest,
                 A.FROM_LANE: receipt.body.get("fromLane") or "",
                 A.TO_LANE: receipt.body["toLane"],
@@ -424,6 +429,7 @@ def emit_stage(run: Any, record: Any, parent_ctx: Any) -> None:
             A.ATTEMPT: call.attempt,
             A.COST_RESERVED: call.reserved / 1_000_000,
             A.COST_ACTUAL: call.charged / 1_000_000,
+            A.STEP: call.step,
         }
         if call.prompt_digest:
             call_attrs[A.PROMPT_DIGEST] = call.prompt_digest
@@ -442,6 +448,9 @@ def emit_stage(run: Any, record: Any, parent_ctx: Any) -> None:
         )
         if not call.ok:
             child.set_attribute(A.ERROR_TYPE, call.error or "error")
+            child.set_attribute(A.ERROR_RETRYABLE, call.retryable)
+            if call.status is not None:
+                child.set_attribute("http.response.status_code", call.status)
             child.set_status(Status(StatusCode.ERROR))
         child.end(end_time=call.started_ns + int(call.duration * 1e9))
     if record.stage in ("verification", "tool-use") and record.decisions and record.decisions[-1].lane == "no-model":
@@ -479,7 +488,8 @@ def _emit_tools(tracer: Any, record: Any, ctx: Any, run: Any) -> None:
             span.set_status(Status(StatusCode.ERROR))
         span.end(end_time=record.ended_ns)
         return
-    for result in results:
+    steps = list(record.result_steps)
+    for i, result in enumerate(results):
         end = at + int(result.duration * 1e9)
         span = tracer.start_span(
             f"execute_tool {result.name}",
@@ -501,6 +511,8 @@ def _emit_tools(tracer: Any, record: Any, ctx: Any, run: Any) -> None:
         }
         if result.exit_status is not None:
             event[A.VERIFIER_EXIT_STATUS] = result.exit_status
+        if i < len(steps):
+            event[A.STEP] = steps[i]
         span.add_event(A.EVENT_EVALUATION_RESULT, event, timestamp=end)
         if run.lanes.content is not None:
             run.lanes.content.put(event[A.OUTPUT_DIGEST], f"{result.summary}\n{result.output}")

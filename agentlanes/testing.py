@@ -14,6 +14,7 @@ import inspect
 import json
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -27,6 +28,7 @@ __all__ = [
     "ScriptedModel",
     "SpanCapture",
     "TestModel",
+    "assert_replays",
     "block_model_requests",
     "capture_spans",
 ]
@@ -248,3 +250,20 @@ class SpanCapture:
 def capture_spans() -> SpanCapture:
     """A :class:`SpanCapture` (pass ``.provider`` to ``Lanes(tracer_provider=...)``)."""
     return SpanCapture()
+
+
+def assert_replays(trace: str | Path, *, data_dir: str | Path, chain: Any = None) -> int:
+    """A pytest helper: replay a recorded run exactly and fail on any divergence.
+
+    Turn a recorded run into a regression test::
+
+        def test_fix_failing_test_still_behaves():
+            assert_replays("recorded/run-x.otlp.jsonl", data_dir="recorded", chain=my_chain)
+
+    Returns the number of steps replayed. Raises ``ReplayDivergence`` (which fails the
+    test with the step, what was recorded and what happened).
+    """
+    from agentlanes.replay import replay_run
+
+    report = anyio.run(lambda: replay_run(Path(trace), data_dir=Path(data_dir), chain=chain))
+    return report.steps
