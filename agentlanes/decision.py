@@ -90,6 +90,46 @@ class RouteRequest(BaseModel):
             excluded_lanes: tuple[tuple[str, str], ...] = (),
         ) -> None: ...
 
+    @classmethod
+    def trusted(
+        cls,
+        *,
+        task_class: str,
+        stage: str,
+        signals: SignalSnapshot,
+        risk_class: str,
+        requested_lane: str | None,
+        escalation_reason: str | None,
+        budget_window: str,
+        budget_remaining: float,
+        deterministic: bool,
+        excluded_lanes: tuple[tuple[str, str], ...],
+    ) -> RouteRequest:
+        """Build a request from values agentlanes has already checked (the runtime and
+        replay), without validating them again: what ``model_construct`` does, minus its
+        generic overhead (it is most of a warm decision's cost otherwise)."""
+        request = cls.__new__(cls)
+        object.__setattr__(
+            request,
+            "__dict__",
+            {
+                "task_class": task_class,
+                "stage": stage,
+                "signals": signals,
+                "risk_class": risk_class,
+                "requested_lane": requested_lane,
+                "escalation_reason": escalation_reason,
+                "budget_window": budget_window,
+                "budget_remaining": budget_remaining,
+                "deterministic": deterministic,
+                "excluded_lanes": excluded_lanes,
+            },
+        )
+        object.__setattr__(request, "__pydantic_fields_set__", _ALL_FIELDS)
+        object.__setattr__(request, "__pydantic_extra__", None)
+        object.__setattr__(request, "__pydantic_private__", None)
+        return request
+
     @field_validator("signals", mode="plain")
     @classmethod
     def _snapshot(cls, value: object) -> SignalSnapshot:
@@ -330,3 +370,6 @@ class RouteDecision(NamedTuple):
             ],
             "evidence": dict(meta.upstream_evidence),
         }
+
+
+_ALL_FIELDS: Final = frozenset(RouteRequest.model_fields)

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,13 @@ from agentlanes.decision import RouteRequest
 from agentlanes.errors import ConfigurationError
 from agentlanes.router import Router
 from agentlanes.signals import SignalSnapshot
-from agentlanes.telemetry import read_trace, trace_path
+from agentlanes.telemetry import _attrs, _value, read_trace, trace_path
+
+_loads: Callable[[str], Any]
+try:  # optional accelerator (agentlanes[fast]): same results, faster trace reading
+    from orjson import loads as _loads
+except ImportError:  # pragma: no cover - exercised where orjson is not installed
+    _loads = json.loads
 
 __all__ = ["Change", "CounterfactualReport", "counterfactual", "find_trace", "list_runs", "load_run", "render_timeline"]
 
@@ -214,14 +220,47 @@ class CounterfactualReport:
 
 
 def _decision_events(path: Path) -> Iterable[tuple[str, str, dict[str, Any], set[str]]]:
-    """(run id, stage name, decision event attributes, escalated decision ids) per decision."""
-    spans = list(read_trace(path, containing=A.EVENT_DECISION))
+    """(run id, stage name, decision event attributes, escalated decision ids) per decision.
+
+    Reads only the lines that hold decision events and, in them, only the events:
+    counterfactual replay is mostly trace reading, so it reads no more than it needs.
+    """
     run_id = path.name.split(".")[0]
-    for s in sorted(spans, key=lambda s: s["start"]):
-        escalated = {e["attributes"].get(A.DECISION_ID) for e in s["events"] if e["name"] == A.EVENT_ESCALATION}
-        for e in s["events"]:
-            if e["name"] == A.EVENT_DECISION:
-                yield run_id, s["attributes"].get(A.STAGE_NAME, s["name"]), e["attributes"], escalated
+    with open(path, encoding="utf-8") as fh:
+        lines = fh.read().split("\n")
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    found: list[tuple[int, str, dict[str, Any], set[str]]] = []
+    for i, line in enumerate(lines):
+        if A.EVENT_DECISION not in line:
+            continue
+        try:
+            message = _loads(line)
+        except ValueError:
+            if i == last:
+                break  # torn by a kill mid-write
+            raise ValueError(f"{path}: line {i + 1} is not OTLP/JSON") from None
+        for rs in message.get("resourceSpans", ()):
+            for ss in rs.get("scopeSpans", ()):
+                for span in ss.get("spans", ()):
+                    stage = next(
+                        (a["value"].get("stringValue") for a in span.get("attributes", ()) if a["key"] == A.STAGE_NAME),
+                        span.get("name"),
+                    )
+                    events = span.get("events", ())
+                    escalated = {_event_attr(e, A.DECISION_ID) for e in events if e.get("name") == A.EVENT_ESCALATION}
+                    for e in events:
+                        if e.get("name") == A.EVENT_DECISION:
+                            found.append((int(e.get("timeUnixNano", 0)), stage, _attrs(e.get("attributes")), escalated))
+    found.sort(key=lambda f: f[0])
+    for _, stage, attrs, escalated in found:
+        yield run_id, stage, attrs, escalated
+
+
+def _event_attr(event: dict[str, Any], key: str) -> Any:
+    for a in event.get("attributes", ()):
+        if a["key"] == key:
+            return _value(a.get("value", {}))
+    return None
 
 
 def counterfactual(paths: Sequence[Path], router: Router) -> CounterfactualReport:
@@ -232,12 +271,12 @@ def counterfactual(paths: Sequence[Path], router: Router) -> CounterfactualRepor
     for path in paths:
         for run_id, stage, attrs, escalated in _decision_events(path):
             runs.add(run_id)
-            req = json.loads(attrs[A.REQUEST])
+            req = _loads(attrs[A.REQUEST])
             key = repr(req["signals"])  # JSON-decoded values: equal reprs mean equal signals
             snap = snapshots.get(key)
             if snap is None:
                 snap = snapshots[key] = SignalSnapshot(req["signals"])
-            request = RouteRequest.model_construct(
+            request = RouteRequest.trusted(
                 task_class=req["taskClass"],
                 stage=req["stage"],
                 risk_class=req["riskClass"],
@@ -246,7 +285,7 @@ def counterfactual(paths: Sequence[Path], router: Router) -> CounterfactualRepor
                 budget_window=req["budgetWindow"],
                 budget_remaining=req["budgetRemaining"],
                 deterministic=req["deterministic"],
-                excluded_lanes=tuple(tuple(x) for x in req["excludedLanes"]),
+                excluded_lanes=tuple((str(x[0]), str(x[1])) for x in req["excludedLanes"]),
                 signals=snap,
             )
             premium = req.get("premiumRemaining")

@@ -867,7 +867,7 @@ class Run:
             if ledger_remaining is not None:
                 remaining = min(remaining, ledger_remaining)
         # Built by the runtime from checked values: no need to validate it again.
-        request = RouteRequest.model_construct(
+        request = RouteRequest.trusted(
             task_class=self.task_class,
             stage=stage,
             risk_class=risk_class or self.risk_class,
@@ -876,6 +876,7 @@ class Run:
             signals=signals,
             deterministic=deterministic,
             excluded_lanes=excluded,
+            budget_window="task",
             budget_remaining=remaining,
         )
         decision = self.lanes.router.decide(request, premium_remaining=premium)
