@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -293,16 +294,21 @@ def _data_dir(args: argparse.Namespace) -> Path:
 
 
 def _ledger_texts(data_dir: Path, run: str | None) -> list[str]:
+    import os
+
     import anyio
 
-    from agentlanes.stores import SQLiteStore
+    from agentlanes.stores import open_store
 
     db = data_dir / "agentlanes.db"
-    if not db.is_file():
-        raise ConfigurationError(f"No receipt ledger at {db}; pass --data-dir (or set AGENTLANES_HOME).")
+    if not os.environ.get("AGENTLANES_STORE") and not db.is_file():
+        raise ConfigurationError(
+            f"No receipt ledger at {db}; pass --data-dir (or set AGENTLANES_HOME, or AGENTLANES_STORE for a shared "
+            "store)."
+        )
 
     async def read() -> list[str]:
-        store = SQLiteStore(db)
+        store = open_store(None, data_dir)
         try:
             return [r.text for r in await store.receipts(run)]
         finally:
@@ -342,7 +348,8 @@ def _cmd_receipts(args: argparse.Namespace) -> int:
             source = args.file
         else:
             texts = _ledger_texts(data_dir, None)
-            source = str(data_dir / "agentlanes.db")
+            store_url = os.environ.get("AGENTLANES_STORE")
+            source = store_url.split("@")[-1] if store_url else str(data_dir / "agentlanes.db")
     except (ConfigurationError, OSError) as exc:
         _err(str(exc))
         return 1

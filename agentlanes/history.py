@@ -32,12 +32,13 @@ __all__ = ["Change", "CounterfactualReport", "counterfactual", "find_trace", "li
 
 async def list_runs(data_dir: Path) -> list[dict[str, Any]]:
     """The run index of a data directory (oldest first)."""
-    from agentlanes.stores import SQLiteStore
+    import os
 
-    db = data_dir / "agentlanes.db"
-    if not db.is_file():
+    from agentlanes.stores import open_store
+
+    if not os.environ.get("AGENTLANES_STORE") and not (data_dir / "agentlanes.db").is_file():
         return []
-    store = SQLiteStore(db)
+    store = open_store(None, data_dir)
     try:
         return await store.runs()
     finally:

@@ -58,7 +58,7 @@ from agentlanes.policy import PolicyBundle
 from agentlanes.receipts import Receipt, ReceiptSigner, receipt_body
 from agentlanes.router import Router
 from agentlanes.sources import LiveSignals, ProviderStats, SignalSource, StaticSignals
-from agentlanes.stores import SQLiteStore, Store
+from agentlanes.stores import Store, open_store
 from agentlanes.telemetry import ContentStore, Telemetry, emit_stage, run_attributes
 from agentlanes.verifiers import ModelVerifier, Verifier, VerifierResult, VerifyContext
 
@@ -211,7 +211,8 @@ class Lanes:
         signals: a :class:`~agentlanes.sources.SignalSource` or a fixed mapping
             (default: :class:`~agentlanes.sources.LiveSignals`, which needs ``static=``
             values for what it cannot measure, or decisions fail closed).
-        store: budgets, receipts and the run index (default: SQLite in the data dir).
+        store: budgets, receipts and the run index (default: ``AGENTLANES_STORE`` if set,
+            e.g. a ``postgresql://`` DSN shared by many workers; else SQLite in the data dir).
         data_dir: where records go (default ``AGENTLANES_HOME`` or ``./.agentlanes``).
         approver: asked before escalations of task classes that require a human
             justification; without one they are denied.
@@ -309,7 +310,7 @@ class Lanes:
     def store(self) -> Store:
         """The store (the SQLite default is opened on first use)."""
         if self._store is None:
-            self._store = SQLiteStore(self.data_dir / "agentlanes.db")
+            self._store = open_store(None, self.data_dir)
         return self._store
 
     @property

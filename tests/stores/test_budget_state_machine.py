@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import anyio
+from anyio.from_thread import start_blocking_portal
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, initialize, invariant, rule
@@ -25,6 +25,9 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @initialize()
     def setup(self) -> None:
+        # one event loop for the machine's whole life (an asyncpg pool belongs to one loop)
+        self._portal_cm = start_blocking_portal()
+        self.portal = self._portal_cm.__enter__()
         self.store: Store = self.make_store()
         self.day = 0
         self.task = WindowSpec("task", "run", 1_000_000, 250_000, 50_000)
@@ -38,7 +41,7 @@ class LedgerMachine(RuleBasedStateMachine):
         return [self.task, day]
 
     def _call(self, fn: Any, *args: Any, **kw: Any) -> Any:
-        return anyio.run(lambda: fn(*args, **kw))
+        return self.portal.call(lambda: fn(*args, **kw))
 
     @rule(target=reservations, lane=st.sampled_from(LANES), amount=st.integers(0, 400_000))
     def reserve(self, lane: str, amount: int) -> Any:
@@ -90,6 +93,11 @@ class LedgerMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         if hasattr(self, "store"):
             self._call(self.store.aclose)
+            self.after_close()
+            self._portal_cm.__exit__(None, None, None)
+
+    def after_close(self) -> None:
+        pass
 
 
 TestMemoryLedger = LedgerMachine.TestCase
@@ -104,3 +112,21 @@ class SQLiteLedgerMachine(LedgerMachine):
 
 TestSQLiteLedger = SQLiteLedgerMachine.TestCase
 TestSQLiteLedger.settings = settings(max_examples=25, stateful_step_count=25, deadline=None)
+
+
+class PostgresLedgerMachine(LedgerMachine):
+    @staticmethod
+    def make_store() -> Store:  # type: ignore[override]
+        from agentlanes.stores.postgres import PostgresStore
+        from tests.stores.conftest import PG_DSN, pg_schema
+
+        return PostgresStore(PG_DSN, schema=pg_schema())
+
+    def after_close(self) -> None:
+        from tests.stores.conftest import drop_schema
+
+        self._call(drop_schema, self.store.schema)  # type: ignore[attr-defined]
+
+
+TestPostgresLedger = PostgresLedgerMachine.TestCase
+TestPostgresLedger.settings = settings(max_examples=20, stateful_step_count=20, deadline=None)
