@@ -246,27 +246,46 @@ class Router:
 
     # ------------------------------------------------------------------ lookups
 
-    def _lookup(self, req: RouteRequest) -> None:
-        if req.task_class not in self._tasks:
+    def check(
+        self,
+        *,
+        task_class: str | None = None,
+        stage: str | None = None,
+        risk_class: str | None = None,
+        budget_window: str | None = None,
+    ) -> None:
+        """Raise :class:`RouteInputError` naming the first of these names the documents
+        do not define (``None`` skips a check)."""
+        if task_class is not None and task_class not in self._tasks:
             raise RouteInputError(
-                f"Task class {req.task_class!r} is not defined by policy {self.meta.policy_ref} "
+                f"Task class {task_class!r} is not defined by policy {self.meta.policy_ref} "
                 f"(task classes: {', '.join(self._tasks)})."
             )
-        if req.stage not in self._stages:
+        if stage is not None and stage not in self._stages:
             raise RouteInputError(
-                f"Stage {req.stage!r} is not a chain stage of policy {self.meta.policy_ref} "
+                f"Stage {stage!r} is not a chain stage of policy {self.meta.policy_ref} "
                 f"(stages: {', '.join(self._stages)})."
             )
-        if req.risk_class not in self._floors:
+        if risk_class is not None and risk_class not in self._floors:
             raise RouteInputError(
-                f"Risk class {req.risk_class!r} has no risk floor in optimizer {self.meta.optimizer_ref} "
+                f"Risk class {risk_class!r} has no risk floor in optimizer {self.meta.optimizer_ref} "
                 f"(risk classes: {', '.join(self._floors)})."
             )
-        if req.budget_window not in self._windows:
+        if budget_window is not None and budget_window not in self._windows:
             raise RouteInputError(
-                f"Budget window {req.budget_window!r} is not defined in optimizer {self.meta.optimizer_ref} "
+                f"Budget window {budget_window!r} is not defined in optimizer {self.meta.optimizer_ref} "
                 f"(windows: {', '.join(self._windows)})."
             )
+
+    def stage_default_lane(self, stage: str) -> str | None:
+        """The policy's default lane for ``stage`` (``None`` for an unknown stage)."""
+        spec = self._stages.get(stage)
+        return spec.default_lane if spec is not None else None
+
+    def _lookup(self, req: RouteRequest) -> None:
+        self.check(
+            task_class=req.task_class, stage=req.stage, risk_class=req.risk_class, budget_window=req.budget_window
+        )
         for lane, why in req.excluded_lanes:
             if lane not in RANK or not why:
                 raise RouteInputError(

@@ -48,7 +48,6 @@ from agentlanes.errors import (
     ModelError,
     RetryStage,
     RouteDeferred,
-    RouteInputError,
     VerificationFailed,
 )
 from agentlanes.lanes import PREMIUM_LANES, RANK
@@ -548,16 +547,7 @@ class Run:
     # ------------------------------------------------------------------ lifecycle
 
     async def __aenter__(self) -> Run:
-        router = self.lanes.router
-        if self.task_class not in router._tasks:
-            raise RouteInputError(
-                f"Task class {self.task_class!r} is not defined by policy {router.meta.policy_ref} "
-                f"(task classes: {', '.join(router._tasks)})."
-            )
-        if self.risk_class not in router._floors:
-            raise RouteInputError(
-                f"Risk class {self.risk_class!r} has no risk floor (risk classes: {', '.join(router._floors)})."
-            )
+        self.lanes.router.check(task_class=self.task_class, risk_class=self.risk_class)
         self.status = "running"
         self.started_at = _now_iso()
         telemetry = self.lanes.telemetry
@@ -840,8 +830,7 @@ class Run:
     # ------------------------------------------------------------------ internals
 
     def _default_lane(self, stage: str) -> str | None:
-        spec = self.lanes.router._stages.get(stage)
-        return spec.default_lane if spec else None
+        return self.lanes.router.stage_default_lane(stage)
 
     @staticmethod
     def _exclude_up_to(lane: str, why: str) -> tuple[tuple[str, str], ...]:

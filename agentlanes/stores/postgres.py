@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -177,6 +178,17 @@ END $$;
 MIGRATIONS.append((2, "one round trip per reservation, settlement and release", _MIGRATION_2))
 
 
+_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.QueryCanceledError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+)
+
+
 class StoreUnavailable(AgentLanesError):
     """The shared store could not be reached in time; nothing was admitted."""
 
@@ -277,44 +289,33 @@ class PostgresStore(Store):
                         f'INSERT INTO "{self.schema}".al_migrations (version, name) VALUES ($1, $2)', version, name
                     )
 
-    async def _tx(self, work: Callable[[Any], Any]) -> Any:
+    @asynccontextmanager
+    async def _connection(self, *, transaction: bool) -> AsyncIterator[Any]:
+        """A pooled connection (in a transaction, or for one statement); connection
+        failures become :class:`StoreUnavailable` and drop the pool's broken connections
+        (a later call reconnects from scratch)."""
         pool = await self._get_pool()
         try:
-            async with pool.acquire(timeout=self.timeout) as conn, conn.transaction():
-                return await work(conn)
-        except (
-            OSError,
-            TimeoutError,
-            asyncpg.InterfaceError,
-            asyncpg.PostgresConnectionError,
-            asyncpg.QueryCanceledError,
-            asyncpg.CannotConnectNowError,
-            asyncpg.AdminShutdownError,
-        ) as exc:
-            # drop the pool's broken connections; a later call reconnects from scratch
+            async with pool.acquire(timeout=self.timeout) as conn:
+                if transaction:
+                    async with conn.transaction():
+                        yield conn
+                else:
+                    yield conn
+        except _CONNECTION_ERRORS as exc:
             broken, self._pool = self._pool, None
             if broken is not None:
                 broken.terminate()
             raise self._unavailable(exc) from exc
 
-    async def _call(self, pool: Any, work: Callable[[Any], Any]) -> Any:
+    async def _tx(self, work: Callable[[Any], Any]) -> Any:
+        async with self._connection(transaction=True) as conn:
+            return await work(conn)
+
+    async def _call(self, work: Callable[[Any], Any]) -> Any:
         """One statement, one round trip (its own transaction)."""
-        try:
-            async with pool.acquire(timeout=self.timeout) as conn:
-                return await work(conn)
-        except (
-            OSError,
-            TimeoutError,
-            asyncpg.InterfaceError,
-            asyncpg.PostgresConnectionError,
-            asyncpg.QueryCanceledError,
-            asyncpg.CannotConnectNowError,
-            asyncpg.AdminShutdownError,
-        ) as exc:
-            broken, self._pool = self._pool, None
-            if broken is not None:
-                broken.terminate()
-            raise self._unavailable(exc) from exc
+        async with self._connection(transaction=False) as conn:
+            return await work(conn)
 
     def _now(self) -> float | None:
         return self._clock() if self._clock is not None else None
@@ -331,7 +332,6 @@ class PostgresStore(Store):
         self, windows: Sequence[WindowSpec], lane: str, amount: int, *, lease_seconds: float
     ) -> Reservation | Refusal:
         rid = uuid.uuid4().hex
-        pool = await self._get_pool()
 
         async def work(conn: Any) -> Any:
             return await conn.fetchval(
@@ -344,15 +344,13 @@ class PostgresStore(Store):
                 self._windows_json(windows),
             )
 
-        answer = json.loads(await self._call(pool, work))
+        answer = json.loads(await self._call(work))
         if not answer["ok"]:
             spec = next(s for s in windows if (s.window, s.key) == (answer["w"], answer["k"]))
             return _refusal(spec, lane, amount, answer)
         return Reservation(rid, lane, amount, tuple(windows), float(answer["expires"]))
 
     async def settle(self, reservation: Reservation, actual: int) -> int:
-        pool = await self._get_pool()
-
         async def work(conn: Any) -> Any:
             return await conn.fetchval(
                 "SELECT al_settle($1, $2, $3, $4::jsonb)",
@@ -362,15 +360,13 @@ class PostgresStore(Store):
                 self._windows_json(reservation.windows),
             )
 
-        return int(await self._call(pool, work))
+        return int(await self._call(work))
 
     async def release(self, reservation: Reservation) -> None:
-        pool = await self._get_pool()
-
         async def work(conn: Any) -> Any:
             return await conn.execute("SELECT al_release($1)", reservation.id)
 
-        await self._call(pool, work)
+        await self._call(work)
 
     async def window_states(self, windows: Sequence[WindowSpec]) -> list[WindowState]:
         async def work(conn: Any) -> list[WindowState]:

@@ -3,6 +3,7 @@ reservations reclaimed after the lease; the database gone mid-run; concurrent re
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -186,10 +187,8 @@ class Proxy:
             pass
         finally:
             for s in (src, dst):
-                try:
+                with contextlib.suppress(OSError):
                     s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
                 s.close()
 
     def cut(self) -> None:
@@ -213,15 +212,11 @@ async def test_the_database_gone_mid_run_admits_nothing(schema: str, tmp_path: P
         assert isinstance(await store.reserve([spec], "standard", 1000, lease_seconds=60), Reservation)
         admitted_before += 1
     proxy.cut()
-    admitted_after = 0
-    for _ in range(5):
-        try:
-            res = await store.reserve([spec], "standard", 1000, lease_seconds=60)
-        except StoreUnavailable as exc:
-            assert "nothing was admitted" in str(exc) and "postgres@" not in str(exc)
-            continue
-        admitted_after += isinstance(res, Reservation)
-    assert (admitted_before, admitted_after) == (5, 0)
+    for _ in range(5):  # every attempt fails closed: nothing is admitted
+        with pytest.raises(StoreUnavailable, match="nothing was admitted") as ei:
+            await store.reserve([spec], "standard", 1000, lease_seconds=60)
+        assert "postgres@" not in str(ei.value)  # no credentials in messages
+    assert admitted_before == 5
     # through the runtime: the stage fails closed before any model call
     model = TestModel()
     lanes = Lanes({"standard": model}, signals=healthy(), store=store, data_dir=tmp_path)
