@@ -129,7 +129,8 @@ def render_timeline(path: Path) -> str:
             walk(c, depth + 1)
 
     for s in roots:
-        walk(s, 0)
+        if s["name"] != "agentlanes.run.inputs":  # the replay marker: nothing to draw
+            walk(s, 0)
     return "\n".join(lines)
 
 
