@@ -158,6 +158,8 @@ class StageRecord:
     ended: float = 0.0
     parent: str | None = None
     output_digest: str | None = None
+    children: list[StageRecord] = field(default_factory=list)
+    """Sub-stages (tool, verification, judge) this stage ran, in order."""
     started_ns: int = field(default_factory=time.time_ns)
     result_steps: list[int] = field(default_factory=list)
     """Step number of each verifier result, in order (see ``Run._next_step``)."""
@@ -694,6 +696,8 @@ class Run:
         """
         kwargs = dict(kwargs or {})
         record = StageRecord(name=name or stage, stage=stage, started=time.perf_counter(), parent=parent)
+        if parent is not None:
+            self._adopt(record, parent)
         self.records.append(record)
         log = _StageLog(self._log, record.name)
         own_reason = escalation_reason
@@ -809,6 +813,13 @@ class Run:
         finally:
             record.ended = time.perf_counter()
             self._observe(record)
+
+    def _adopt(self, child: StageRecord, parent_name: str) -> None:
+        """Attach a sub-stage to its parent: the latest still-running stage of that name."""
+        for record in reversed(self.records):
+            if record.name == parent_name and record.status == "running":
+                record.children.append(child)
+                return
 
     def _observe(self, record: StageRecord) -> None:
         if record.parent is None and self._span.is_recording():
@@ -1001,6 +1012,7 @@ class Run:
         record = StageRecord(
             name=f"{parent.name}.tool", stage="tool-use", started=time.perf_counter(), parent=parent.name
         )
+        parent.children.append(record)
         self.records.append(record)
         try:
             decision = await self._decide("tool-use", deterministic=True, reason=None, excluded=(), requested_lane=None)
@@ -1029,6 +1041,8 @@ class Run:
         record = own_record or StageRecord(
             name=f"{parent.name}.verify", stage="verification", started=time.perf_counter(), parent=parent.name
         )
+        if own_record is None:
+            parent.children.append(record)
         if own_record is None:
             self.records.append(record)
         results: list[VerifierResult] = []

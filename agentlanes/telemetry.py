@@ -50,16 +50,24 @@ def trace_path(data_dir: Path, run_id: str) -> Path:
     return data_dir / "traces" / f"{run_id}.otlp.jsonl"
 
 
-def _hex_ids(obj: Any) -> Any:
-    """OTLP/JSON writes trace and span ids as hex; protobuf's JSON mapping uses base64."""
-    if isinstance(obj, dict):
-        return {
-            k: (base64.b64decode(v).hex() if k in _ID_KEYS and isinstance(v, str) else _hex_ids(v))
-            for k, v in obj.items()
-        }
-    if isinstance(obj, list):
-        return [_hex_ids(v) for v in obj]
-    return obj
+def _hex(value: Any) -> Any:
+    return base64.b64decode(value).hex() if isinstance(value, str) else value
+
+
+def _hex_ids(message: dict[str, Any]) -> dict[str, Any]:
+    """OTLP/JSON writes trace and span ids as hex; protobuf's JSON mapping uses base64.
+    Only spans and their links carry ids, so only those are visited."""
+    for rs in message.get("resourceSpans", ()):
+        for ss in rs.get("scopeSpans", ()):
+            for span in ss.get("spans", ()):
+                for key in _ID_KEYS:
+                    if key in span:
+                        span[key] = _hex(span[key])
+                for link in span.get("links", ()):
+                    for key in ("traceId", "spanId"):
+                        if key in link:
+                            link[key] = _hex(link[key])
+    return message
 
 
 def encode_otlp_json(spans: list[ReadableSpan]) -> str:
@@ -72,22 +80,31 @@ def encode_otlp_json(spans: list[ReadableSpan]) -> str:
 
 
 class TraceWriter(SpanProcessor):
-    """Appends the spans of registered traces to their run's file as each span ends."""
+    """Appends the spans of registered runs to their files.
+
+    A span whose parent is the run span (a top-level stage, the inputs marker) is written
+    the moment it ends, together with the spans beneath it that ended before it (they
+    end in one burst when the stage finishes), as one line; the run span is written when
+    it ends. Every line is flushed at once, so a kill -9 loses at most the line being
+    written, which readers skip.
+    """
 
     def __init__(self) -> None:
-        self._files: dict[int, Any] = {}
+        self._files: dict[int, tuple[Any, int]] = {}
+        self._pending: dict[int, list[ReadableSpan]] = {}
         self._lock = threading.Lock()
 
-    def register(self, trace_id: int, path: Path) -> None:
+    def register(self, trace_id: int, path: Path, root_span_id: int) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            self._files[trace_id] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
+            self._files[trace_id] = (open(path, "a", encoding="utf-8"), root_span_id)  # noqa: SIM115
 
     def close(self, trace_id: int) -> None:
         with self._lock:
-            fh = self._files.pop(trace_id, None)
-        if fh is not None:
-            fh.close()
+            entry = self._files.pop(trace_id, None)
+            self._pending.pop(trace_id, None)
+        if entry is not None:
+            entry[0].close()
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         pass
@@ -96,18 +113,26 @@ class TraceWriter(SpanProcessor):
         ctx = span.context
         if ctx is None:
             return
-        fh = self._files.get(ctx.trace_id)
-        if fh is None:
+        entry = self._files.get(ctx.trace_id)
+        if entry is None:
             return
-        line = encode_otlp_json([span])
+        fh, root = entry
+        parent = span.parent.span_id if span.parent is not None else None
+        with self._lock:
+            pending = self._pending.setdefault(ctx.trace_id, [])
+            pending.append(span)
+            if parent is not None and parent != root:
+                return  # written with the top-level span it belongs to
+            batch, self._pending[ctx.trace_id] = pending, []
+        line = encode_otlp_json(batch)
         with self._lock:
             fh.write(line + "\n")
-            fh.flush()  # in the OS once the span has ended: a kill -9 cannot lose it
+            fh.flush()  # in the OS once the spans have ended: a kill -9 cannot lose them
 
     def shutdown(self) -> None:
         with self._lock:
             files, self._files = self._files, {}
-        for fh in files.values():
+        for fh, _ in files.values():
             fh.close()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
@@ -198,7 +223,8 @@ class Telemetry:
         if not self.enabled or not span.is_recording():
             return None
         path = trace_path(self.data_dir, run_id)
-        self.writer.register(span.get_span_context().trace_id, path)
+        ctx = span.get_span_context()
+        self.writer.register(ctx.trace_id, path, ctx.span_id)
         return path
 
     def end_run(self, span: Any) -> None:
@@ -455,8 +481,8 @@ def emit_stage(run: Any, record: Any, parent_ctx: Any) -> None:
         child.end(end_time=call.started_ns + int(call.duration * 1e9))
     if record.stage in ("verification", "tool-use") and record.decisions and record.decisions[-1].lane == "no-model":
         _emit_tools(tracer, record, ctx, run)
-    for child_record in run.records:
-        if child_record.parent == record.name and not child_record.emitted and child_record is not record:
+    for child_record in record.children:
+        if not child_record.emitted:
             emit_stage(run, child_record, ctx)
     if record.status != "succeeded":
         span.set_status(Status(StatusCode.ERROR))
