@@ -164,31 +164,25 @@ def load_record(path: Path) -> RecordedRun:
         raw = kept
     steps = [Step(i, kind, stage, data) for i, (_, kind, stage, data) in enumerate(raw)]
     if run is not None:
-        ra = run["attributes"]
-        return RecordedRun(
-            ra[A.RUN_ID],
-            True,
-            ra[A.TASK_CLASS],
-            ra[A.RISK_CLASS],
-            ra.get(A.CHAIN_REF),
-            ra.get(A.RUN_INPUT_DIGEST),
-            steps,
-        )
+        return _recorded(run["attributes"], True, steps)
     marker = next((s for s in spans if s["name"] == "agentlanes.run.inputs"), None)
     if marker is not None:
-        ma = marker["attributes"]
-        return RecordedRun(
-            ma[A.RUN_ID],
-            False,
-            ma[A.TASK_CLASS],
-            ma[A.RISK_CLASS],
-            ma.get(A.CHAIN_REF),
-            ma.get(A.RUN_INPUT_DIGEST),
-            steps,
-        )
+        return _recorded(marker["attributes"], False, steps)
     first = steps[0].data["request"] if steps and steps[0].kind == "decision" else {}
     return RecordedRun(
         path.name.split(".")[0], False, first.get("taskClass", ""), first.get("riskClass", ""), None, None, steps
+    )
+
+
+def _recorded(attrs: dict[str, Any], complete: bool, steps: list[Step]) -> RecordedRun:
+    return RecordedRun(
+        attrs[A.RUN_ID],
+        complete,
+        attrs[A.TASK_CLASS],
+        attrs[A.RISK_CLASS],
+        attrs.get(A.CHAIN_REF),
+        attrs.get(A.RUN_INPUT_DIGEST),
+        steps,
     )
 
 

@@ -22,7 +22,7 @@ from tests.conftest import POLICIES, UPSTREAM, healthy, requires_upstream, upstr
 
 pytestmark = requires_upstream
 
-jsonschema = pytest.importorskip("jsonschema")
+import jsonschema  # noqa: E402 - a core dependency: never skipped
 
 SCHEMAS = {
     "AgentExecutionModelRoutingPolicy": "agent-execution-model-routing-policy.schema.json",

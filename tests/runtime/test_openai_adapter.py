@@ -17,8 +17,6 @@ from agentlanes.testing import block_model_requests
 from tests.conftest import healthy
 from tests.openai_server import ScriptedOpenAIServer
 
-pytest.importorskip("openai")
-
 MSG = [Message("user", "hello")]
 
 
