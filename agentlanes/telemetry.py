@@ -80,31 +80,25 @@ def encode_otlp_json(spans: list[ReadableSpan]) -> str:
 
 
 class TraceWriter(SpanProcessor):
-    """Appends the spans of registered runs to their files.
-
-    A span whose parent is the run span (a top-level stage, the inputs marker) is written
-    the moment it ends, together with the spans beneath it that ended before it (they
-    end in one burst when the stage finishes), as one line; the run span is written when
-    it ends. Every line is flushed at once, so a kill -9 loses at most the line being
-    written, which readers skip.
-    """
+    """Appends the spans of registered runs to their files, one OTLP/JSON line per span
+    as it ends, flushed at once: a kill -9 loses at most the line being written, which
+    readers skip. (Writing a stage's spans as one line was measured: no faster to
+    write, and it made counterfactual replay decode every chat span.)"""
 
     def __init__(self) -> None:
-        self._files: dict[int, tuple[Any, int]] = {}
-        self._pending: dict[int, list[ReadableSpan]] = {}
+        self._files: dict[int, Any] = {}
         self._lock = threading.Lock()
 
-    def register(self, trace_id: int, path: Path, root_span_id: int) -> None:
+    def register(self, trace_id: int, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
-            self._files[trace_id] = (open(path, "a", encoding="utf-8"), root_span_id)  # noqa: SIM115
+            self._files[trace_id] = open(path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
 
     def close(self, trace_id: int) -> None:
         with self._lock:
-            entry = self._files.pop(trace_id, None)
-            self._pending.pop(trace_id, None)
-        if entry is not None:
-            entry[0].close()
+            fh = self._files.pop(trace_id, None)
+        if fh is not None:
+            fh.close()
 
     def on_start(self, span: Any, parent_context: Any = None) -> None:
         pass
@@ -113,26 +107,18 @@ class TraceWriter(SpanProcessor):
         ctx = span.context
         if ctx is None:
             return
-        entry = self._files.get(ctx.trace_id)
-        if entry is None:
+        fh = self._files.get(ctx.trace_id)
+        if fh is None:
             return
-        fh, root = entry
-        parent = span.parent.span_id if span.parent is not None else None
-        with self._lock:
-            pending = self._pending.setdefault(ctx.trace_id, [])
-            pending.append(span)
-            if parent is not None and parent != root:
-                return  # written with the top-level span it belongs to
-            batch, self._pending[ctx.trace_id] = pending, []
-        line = encode_otlp_json(batch)
+        line = encode_otlp_json([span])
         with self._lock:
             fh.write(line + "\n")
-            fh.flush()  # in the OS once the spans have ended: a kill -9 cannot lose them
+            fh.flush()  # in the OS once the span has ended: a kill -9 cannot lose it
 
     def shutdown(self) -> None:
         with self._lock:
             files, self._files = self._files, {}
-        for fh, _ in files.values():
+        for fh in files.values():
             fh.close()
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
@@ -223,8 +209,7 @@ class Telemetry:
         if not self.enabled or not span.is_recording():
             return None
         path = trace_path(self.data_dir, run_id)
-        ctx = span.get_span_context()
-        self.writer.register(ctx.trace_id, path, ctx.span_id)
+        self.writer.register(span.get_span_context().trace_id, path)
         return path
 
     def end_run(self, span: Any) -> None:
