@@ -1254,6 +1254,7 @@ class Run:
                 stage=ctx.name,
             )
         reservation: Reservation = held
+        prompt_text = "\n".join(f"{m.role}:{m.content}" for m in messages)  # digest and stored body
         call = CallRecord(
             lane,
             model.name,
@@ -1264,19 +1265,17 @@ class Run:
             None,
             False,
             0.0,
-            prompt_digest=lanes.hasher.digest("\n".join(f"{m.role}:{m.content}" for m in messages)),
+            prompt_digest=lanes.hasher.digest(prompt_text),
         )
         call.max_tokens = settings.max_tokens
         call.started_ns = time.time_ns()
         telemetry = lanes.telemetry
-        prompt_body = None
-        if lanes.record_content or telemetry.capture_content:
-            prompt_body = json.dumps([{"role": m.role, "content": m.content} for m in messages], ensure_ascii=False)
-            if telemetry.capture_content:
-                call.prompt_text = prompt_body
-            store = lanes.content
-            if store is not None and call.prompt_digest is not None:
-                store.put(call.prompt_digest, "\n".join(f"{m.role}:{m.content}" for m in messages))
+        if telemetry.capture_content:
+            call.prompt_text = json.dumps(
+                [{"role": m.role, "content": m.content} for m in messages], ensure_ascii=False
+            )
+        if lanes.content is not None:
+            lanes.content.put(call.prompt_digest or "", prompt_text)
         ctx.record.calls.append(call)
         started = time.perf_counter()
         timeout = settings.timeout or lanes.call_timeout
