@@ -33,7 +33,7 @@ from agentlanes.policy import (
     read_json,
 )
 from agentlanes.router import Router
-from agentlanes.signals import SignalSnapshot
+from agentlanes.signals import SignalSnapshot, SnapshotCache
 
 __all__ = ["main"]
 
@@ -55,7 +55,7 @@ class _Cache:
         self.docs: dict[tuple[str, str], Loaded] = {}
         self.routers: dict[tuple[str, str, str], Router] = {}
         self.resources: dict[str, SignalSnapshot] = {}
-        self.inline: dict[str, SignalSnapshot] = {}
+        self.inline = SnapshotCache()  # batches usually repeat one inline signal set
 
     def doc(self, role: str, path: str | None) -> Loaded:
         from agentlanes import _bundled
@@ -74,22 +74,6 @@ class _Cache:
             )
             router = self.routers[key] = Router(bundle)
         return router
-
-    def inline_signals(self, resources: dict[str, Any]) -> SignalSnapshot:
-        """A snapshot for an inline ``resources`` object, shared by identical objects.
-
-        Batches usually repeat one signal set on every line; building a snapshot
-        (checks plus a canonical digest) costs far more than routing. The key is the
-        object's ``repr``: for JSON-decoded values (str, int, float, bool, None, lists,
-        dicts) equal reprs mean equal content, so a hit can never give wrong signals.
-        """
-        key = repr(resources)
-        snap = self.inline.get(key)
-        if snap is None:
-            if len(self.inline) >= 1024:
-                self.inline.clear()
-            snap = self.inline[key] = SignalSnapshot(resources)
-        return snap
 
     def signals(self, path: str) -> SignalSnapshot:
         snap = self.resources.get(path)
@@ -147,7 +131,7 @@ def _batch_request(line: str, lineno: int, cache: _Cache) -> tuple[Router, Route
         if key not in obj:
             raise ConfigurationError(f"line {lineno}: {key} is required.")
     resources = obj["resources"]
-    signals = cache.signals(resources) if isinstance(resources, str) else cache.inline_signals(resources)
+    signals = cache.signals(resources) if isinstance(resources, str) else cache.inline.get(resources)
     router = cache.router(obj.get("policy"), obj.get("optimizer"), obj.get("priceCatalog"))
     request = RouteRequest(
         task_class=obj["taskClass"],

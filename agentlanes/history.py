@@ -18,7 +18,7 @@ from agentlanes import attributes as A
 from agentlanes.decision import RouteRequest
 from agentlanes.errors import ConfigurationError
 from agentlanes.router import Router
-from agentlanes.signals import SignalSnapshot
+from agentlanes.signals import SnapshotCache
 from agentlanes.telemetry import _attrs, _value, read_trace, trace_path
 
 _loads: Callable[[str], Any]
@@ -268,16 +268,13 @@ def _event_attr(event: dict[str, Any], key: str) -> Any:
 def counterfactual(paths: Sequence[Path], router: Router) -> CounterfactualReport:
     """Re-decide every recorded decision of ``paths`` with ``router``'s documents."""
     report = CounterfactualReport()
-    snapshots: dict[str, SignalSnapshot] = {}
+    snapshots = SnapshotCache()
     runs: set[str] = set()
     for path in paths:
         for run_id, stage, attrs, escalated in _decision_events(path):
             runs.add(run_id)
             req = _loads(attrs[A.REQUEST])
-            key = repr(req["signals"])  # JSON-decoded values: equal reprs mean equal signals
-            snap = snapshots.get(key)
-            if snap is None:
-                snap = snapshots[key] = SignalSnapshot(req["signals"])
+            snap = snapshots.get(req["signals"])
             request = RouteRequest.trusted(
                 task_class=req["taskClass"],
                 stage=req["stage"],

@@ -20,7 +20,6 @@ __all__ = [
     "RANK",
     "Lane",
     "lane_list",
-    "parse_lane",
 ]
 
 
@@ -68,18 +67,3 @@ LOCAL_LANES: Final[frozenset[str]] = frozenset({"no-model", "local-cheap"})
 def lane_list() -> str:
     """The lanes as a comma-separated list, for error messages."""
     return ", ".join(LANES)
-
-
-def parse_lane(value: object, *, where: str = "") -> Lane:
-    """Return ``value`` as a :class:`Lane` or raise a ``ConfigurationError`` naming it.
-
-    Args:
-        value: a lane name such as ``"standard"``.
-        where: optional context for the message (``"in stage 'planning'"``).
-    """
-    if isinstance(value, str) and value in RANK:
-        return Lane(value)
-    from agentlanes.errors import ConfigurationError
-
-    ctx = f" {where}" if where else ""
-    raise ConfigurationError(f"Lane {value!r}{ctx} is not a lane (lanes: {lane_list()}).")

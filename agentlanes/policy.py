@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -857,10 +856,3 @@ def _load_or_default(doc: str | Path | Mapping[str, Any] | None, role: str) -> L
     if doc is None:
         return _bundled.default_loaded(role)
     return load_document(doc)
-
-
-def is_finite_number(value: object) -> bool:
-    """True for an int or float that is not bool, NaN or infinite."""
-    return (isinstance(value, int) and not isinstance(value, bool)) or (
-        isinstance(value, float) and math.isfinite(value)
-    )

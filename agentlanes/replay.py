@@ -32,7 +32,7 @@ from agentlanes.content import ContentHasher
 from agentlanes.decision import RouteDecision
 from agentlanes.errors import ConfigurationError, ReplayDivergence
 from agentlanes.models.base import ModelResponse, ProviderError, Usage
-from agentlanes.signals import SignalSnapshot
+from agentlanes.signals import SignalSnapshot, SnapshotCache
 from agentlanes.telemetry import ContentStore, read_trace
 from agentlanes.verifiers import VerifierResult
 
@@ -197,7 +197,7 @@ class Replayer:
     record: RecordedRun
     content: ContentStore
     cursor: int = 0
-    snapshots: dict[str, SignalSnapshot] = field(default_factory=dict)
+    snapshots: SnapshotCache = field(default_factory=SnapshotCache)
 
     def _next(self, kind: str, what: str) -> Step:
         if self.cursor >= len(self.record.steps):
@@ -231,10 +231,7 @@ class Replayer:
     def decision_inputs(self) -> tuple[SignalSnapshot, float, tuple[float, float] | None]:
         step = self._next("decision", "a route decision")
         req = step.data["request"]
-        key = repr(req["signals"])
-        snap = self.snapshots.get(key)
-        if snap is None:
-            snap = self.snapshots[key] = SignalSnapshot(req["signals"])
+        snap = self.snapshots.get(req["signals"])
         premium = req.get("premiumRemaining")
         return snap, float(req["budgetRemaining"]), ((float(premium[0]), float(premium[1])) if premium else None)
 

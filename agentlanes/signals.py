@@ -23,7 +23,7 @@ from pydantic.alias_generators import to_camel
 
 from agentlanes.lanes import RANK
 
-__all__ = ["REQUIRED_SIGNALS", "ResourceSignals", "SignalSnapshot"]
+__all__ = ["REQUIRED_SIGNALS", "ResourceSignals", "SignalSnapshot", "SnapshotCache"]
 
 REQUIRED_SIGNALS: Final[tuple[str, ...]] = (
     "localModelProfileAvailable",
@@ -235,6 +235,30 @@ def _digest(raw: Mapping[str, Any]) -> str:
         # Not JSON-representable (NaN, objects): the digest still has to be stable.
         body = repr(sorted((str(k), repr(v)) for k, v in raw.items()))
     return "sha256:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
+
+
+class SnapshotCache:
+    """Snapshots of JSON-decoded signal objects, shared by identical objects.
+
+    Batches and recorded runs repeat one signal set many times, and building a snapshot
+    (checks plus a canonical digest) costs far more than routing. The key is the
+    object's ``repr``: for JSON-decoded values (str, int, float, bool, None, lists,
+    dicts) equal reprs mean equal content, so a hit can never give wrong signals.
+    Bounded: cleared when it holds ``limit`` entries.
+    """
+
+    def __init__(self, limit: int = 1024) -> None:
+        self.limit = limit
+        self._snaps: dict[str, SignalSnapshot] = {}
+
+    def get(self, raw: Mapping[str, Any]) -> SignalSnapshot:
+        key = repr(raw)
+        snap = self._snaps.get(key)
+        if snap is None:
+            if len(self._snaps) >= self.limit:
+                self._snaps.clear()
+            snap = self._snaps[key] = SignalSnapshot(raw)
+        return snap
 
 
 NonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
