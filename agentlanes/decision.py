@@ -90,6 +90,18 @@ class RouteRequest(BaseModel):
             excluded_lanes: tuple[tuple[str, str], ...] = (),
         ) -> None: ...
 
+    def upstream_input(self) -> dict[str, Any]:
+        """The request as the upstream decision document's ``input`` (camelCase)."""
+        return {
+            "taskClass": self.task_class,
+            "stage": self.stage,
+            "riskClass": self.risk_class,
+            "requestedLane": self.requested_lane,
+            "escalationReason": self.escalation_reason,
+            "budgetWindow": self.budget_window,
+            "budgetRemaining": self.budget_remaining,
+        }
+
     @classmethod
     def trusted(
         cls,
@@ -257,13 +269,7 @@ class RouteDecision(NamedTuple):
             "estimatedCost": self.estimated_cost,
             "costClass": meta.cost_class.get(self.lane) if self.lane else None,
             "input": {
-                "taskClass": req.task_class,
-                "stage": req.stage,
-                "riskClass": req.risk_class,
-                "requestedLane": req.requested_lane,
-                "escalationReason": req.escalation_reason,
-                "budgetWindow": req.budget_window,
-                "budgetRemaining": req.budget_remaining,
+                **req.upstream_input(),
                 "deterministic": req.deterministic,
                 "excludedLanes": dict(req.excluded_lanes),
             },
@@ -331,15 +337,7 @@ class RouteDecision(NamedTuple):
             "createdAt": created_at,
             "policyRef": meta.policy_ref,
             "optimizerRef": meta.optimizer_ref,
-            "input": {
-                "taskClass": req.task_class,
-                "stage": req.stage,
-                "riskClass": req.risk_class,
-                "requestedLane": req.requested_lane,
-                "escalationReason": req.escalation_reason,
-                "budgetWindow": req.budget_window,
-                "budgetRemaining": req.budget_remaining,
-            },
+            "input": req.upstream_input(),
             "selected": {
                 "lane": self.lane,
                 "status": self.status,

@@ -339,13 +339,7 @@ def _request_json(decision: Any, premium: tuple[float, float] | None) -> str:
     req = decision.request
     return json.dumps(
         {
-            "taskClass": req.task_class,
-            "stage": req.stage,
-            "riskClass": req.risk_class,
-            "requestedLane": req.requested_lane,
-            "escalationReason": req.escalation_reason,
-            "budgetWindow": req.budget_window,
-            "budgetRemaining": req.budget_remaining,
+            **req.upstream_input(),
             "deterministic": req.deterministic,
             "excludedLanes": [list(x) for x in req.excluded_lanes],
             "ledgerRemaining": decision.ledger_remaining,
