@@ -12,9 +12,10 @@ from __future__ import annotations
 import hmac
 import os
 import secrets
+import threading
 from pathlib import Path
 
-__all__ = ["ContentHasher"]
+__all__ = ["ContentHasher", "ContentStore"]
 
 
 class ContentHasher:
@@ -61,3 +62,29 @@ class ContentHasher:
             return hit
         data = text.encode("utf-8") if isinstance(text, str) else text
         return "hmac-sha256:" + hmac.digest(self._key, data, "sha256").hex()
+
+
+class ContentStore:
+    """Bodies needed for exact replay, under ``<data-dir>/content/``, named by their
+    keyed digest. Local only: nothing here is ever exported."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        return self.root / digest.split(":", 1)[-1]
+
+    def put(self, digest: str, text: str) -> None:
+        path = self.path(digest)
+        if path.exists():
+            return
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+
+    def get(self, digest: str) -> str | None:
+        try:
+            return self.path(digest).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None

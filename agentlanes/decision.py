@@ -25,12 +25,21 @@ from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
 
+from agentlanes.lanes import COST_CLASS, DETERMINISTIC_STAGES
 from agentlanes.signals import REQUIRED_SIGNALS, ResourceSignals, SignalSnapshot
 
 if TYPE_CHECKING:
-    from agentlanes.router import RouterMeta
+    from agentlanes.policy import PolicyBundle
 
-__all__ = ["NATIVE_SCHEMA_VERSION", "Candidate", "DecisionStatus", "RouteDecision", "RouteRequest", "Upgrade"]
+__all__ = [
+    "NATIVE_SCHEMA_VERSION",
+    "Candidate",
+    "DecisionStatus",
+    "RouteDecision",
+    "RouteRequest",
+    "RouterMeta",
+    "Upgrade",
+]
 
 NATIVE_SCHEMA_VERSION: Final = "agentlanes.route-decision/1"
 DecisionStatus = Literal["selected", "downgraded", "deferred", "denied"]
@@ -154,6 +163,64 @@ class RouteRequest(BaseModel):
         raise TypeError(
             f"signals must be a mapping of resource signals or a SignalSnapshot, not {type(value).__name__}"
         )
+
+
+class RouterMeta:
+    """Per-router constants that decisions render (shared, never copied per decision)."""
+
+    __slots__ = (
+        "cost_class",
+        "currency",
+        "documents",
+        "floors",
+        "on_budget_pressure",
+        "optimizer_ref",
+        "policy_ref",
+        "premium_reserve_share",
+        "upstream_evidence",
+    )
+
+    def __init__(self, bundle: PolicyBundle) -> None:
+        pol, opt, cat = bundle.policy, bundle.optimizer, bundle.catalog
+        self.policy_ref = pol.policy_id
+        self.optimizer_ref = opt.optimizer_id
+        self.currency = opt.budget_policy.currency
+        self.on_budget_pressure = opt.budget_policy.on_budget_pressure
+        self.premium_reserve_share = opt.budget_policy.premium_reserve_share or 0.0
+        costs = dict(COST_CLASS)
+        costs.update({m.lane_id: m.cost_class for m in pol.model_lanes})
+        self.cost_class = costs
+        self.floors: dict[str, tuple[str, bool]] = {
+            f.risk_class: (f.minimum_lane, f.requires_verification) for f in opt.quality_policy.risk_floors
+        }
+        ev = opt.evidence
+        self.upstream_evidence = {
+            "emitRouteDecision": pol.evidence.emit_route_decision,
+            "emitBudgetDecision": ev.emit_budget_decision,
+            "emitResourceSnapshot": ev.emit_resource_snapshot,
+            "emitQuotaSnapshot": ev.emit_quota_snapshot,
+            "emitCandidateSet": ev.emit_candidate_set,
+            "emitSelectedCandidate": ev.emit_selected_candidate,
+            "promptEvidenceMode": pol.context_policy.prompt_storage or "hash-only",
+            "decisionAbi": opt.enforcement.decision_abi,
+        }
+        pl, ol, cl = bundle.loaded
+        self.documents = {
+            "policyId": pol.policy_id,
+            "policyDigest": pl.digest,
+            "optimizerId": opt.optimizer_id,
+            "optimizerDigest": ol.digest,
+            "catalogId": cat.catalog_id,
+            "catalogDigest": cl.digest,
+        }
+
+    def quality(self, risk_class: str, stage: str, deterministic: bool) -> dict[str, Any]:
+        """The quality block of a decision: the risk floor and how it is met."""
+        minimum, verify = self.floors.get(risk_class, ("no-model", False))
+        out: dict[str, Any] = {"minimumLane": minimum, "requiresVerification": verify}
+        if deterministic and stage in DETERMINISTIC_STAGES:
+            out["metByDeterministicCheck"] = True
+        return out
 
 
 class Candidate(NamedTuple):

@@ -19,7 +19,7 @@ from agentlanes.decision import RouteRequest
 from agentlanes.errors import ConfigurationError
 from agentlanes.router import Router
 from agentlanes.signals import SnapshotCache
-from agentlanes.telemetry import _attrs, _value, read_trace, trace_path
+from agentlanes.tracefile import _attrs, _value, read_trace, trace_path
 
 _loads: Callable[[str], Any]
 try:  # optional accelerator (agentlanes[fast]): same results, faster trace reading

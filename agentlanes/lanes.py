@@ -13,6 +13,7 @@ from typing import Final
 
 __all__ = [
     "COST_CLASS",
+    "DETERMINISTIC_STAGES",
     "HOSTED_LANES",
     "LANES",
     "LOCAL_LANES",
@@ -62,6 +63,9 @@ COST_CLASS: Final[dict[str, str]] = {
 PREMIUM_LANES: Final[frozenset[str]] = frozenset({"high-end", "pro"})
 HOSTED_LANES: Final[frozenset[str]] = frozenset({"cheap", "standard", "high-end", "pro"})
 LOCAL_LANES: Final[frozenset[str]] = frozenset({"no-model", "local-cheap"})
+DETERMINISTIC_STAGES: Final[frozenset[str]] = frozenset({"verification", "tool-use", "retrieval"})
+"""Stages that route to ``no-model`` regardless of the risk floor when they declare a
+deterministic verifier or tool (CONTRACT B3)."""
 
 
 def lane_list() -> str:

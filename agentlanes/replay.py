@@ -28,12 +28,12 @@ from typing import Any
 
 from agentlanes import attributes as A
 from agentlanes.approval import Approval
-from agentlanes.content import ContentHasher
+from agentlanes.content import ContentHasher, ContentStore
 from agentlanes.decision import RouteDecision
 from agentlanes.errors import ConfigurationError, ReplayDivergence
 from agentlanes.models.base import ModelResponse, ProviderError, Usage
 from agentlanes.signals import SignalSnapshot, SnapshotCache
-from agentlanes.telemetry import ContentStore, read_trace
+from agentlanes.tracefile import read_trace
 from agentlanes.verifiers import VerifierResult
 
 __all__ = ["RecordedRun", "ReplayReport", "Replayer", "Step", "load_record", "replay_run"]

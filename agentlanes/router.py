@@ -22,17 +22,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from agentlanes.decision import Candidate, DecisionStatus, RouteDecision, RouteRequest, Upgrade
+from agentlanes.decision import Candidate, DecisionStatus, RouteDecision, RouteRequest, RouterMeta, Upgrade
 from agentlanes.errors import RouteInputError
-from agentlanes.lanes import COST_CLASS, HOSTED_LANES, PREMIUM_LANES, RANK, lane_list
+from agentlanes.lanes import DETERMINISTIC_STAGES, HOSTED_LANES, PREMIUM_LANES, RANK, lane_list
 from agentlanes.policy import BudgetWindow, ChainStage, PolicyBundle, TaskClass, load_bundle
 from agentlanes.signals import REQUIRED_SIGNALS, SignalSnapshot
 
-__all__ = ["DETERMINISTIC_STAGES", "Router", "RouterMeta"]
-
-DETERMINISTIC_STAGES: Final[frozenset[str]] = frozenset({"verification", "tool-use", "retrieval"})
-"""Stages that route to ``no-model`` regardless of the risk floor when they declare a
-deterministic verifier or tool (CONTRACT B3)."""
+__all__ = ["DETERMINISTIC_STAGES", "Router", "RouterMeta"]  # RouterMeta now lives in decision.py
 
 _ID_PREFIX: Final = "urn:agentlanes:route-decision:"
 _PACK_DOUBLE: Final = struct.Struct("<d").pack
@@ -83,64 +79,6 @@ class _Costing:
     per_runtime: float
     per_energy: float
     minimum: float
-
-
-class RouterMeta:
-    """Per-router constants that decisions render (shared, never copied per decision)."""
-
-    __slots__ = (
-        "cost_class",
-        "currency",
-        "documents",
-        "floors",
-        "on_budget_pressure",
-        "optimizer_ref",
-        "policy_ref",
-        "premium_reserve_share",
-        "upstream_evidence",
-    )
-
-    def __init__(self, bundle: PolicyBundle) -> None:
-        pol, opt, cat = bundle.policy, bundle.optimizer, bundle.catalog
-        self.policy_ref = pol.policy_id
-        self.optimizer_ref = opt.optimizer_id
-        self.currency = opt.budget_policy.currency
-        self.on_budget_pressure = opt.budget_policy.on_budget_pressure
-        self.premium_reserve_share = opt.budget_policy.premium_reserve_share or 0.0
-        costs = dict(COST_CLASS)
-        costs.update({m.lane_id: m.cost_class for m in pol.model_lanes})
-        self.cost_class = costs
-        self.floors: dict[str, tuple[str, bool]] = {
-            f.risk_class: (f.minimum_lane, f.requires_verification) for f in opt.quality_policy.risk_floors
-        }
-        ev = opt.evidence
-        self.upstream_evidence = {
-            "emitRouteDecision": pol.evidence.emit_route_decision,
-            "emitBudgetDecision": ev.emit_budget_decision,
-            "emitResourceSnapshot": ev.emit_resource_snapshot,
-            "emitQuotaSnapshot": ev.emit_quota_snapshot,
-            "emitCandidateSet": ev.emit_candidate_set,
-            "emitSelectedCandidate": ev.emit_selected_candidate,
-            "promptEvidenceMode": pol.context_policy.prompt_storage or "hash-only",
-            "decisionAbi": opt.enforcement.decision_abi,
-        }
-        pl, ol, cl = bundle.loaded
-        self.documents = {
-            "policyId": pol.policy_id,
-            "policyDigest": pl.digest,
-            "optimizerId": opt.optimizer_id,
-            "optimizerDigest": ol.digest,
-            "catalogId": cat.catalog_id,
-            "catalogDigest": cl.digest,
-        }
-
-    def quality(self, risk_class: str, stage: str, deterministic: bool) -> dict[str, Any]:
-        """The quality block of a decision: the risk floor and how it is met."""
-        minimum, verify = self.floors.get(risk_class, ("no-model", False))
-        out: dict[str, Any] = {"minimumLane": minimum, "requiresVerification": verify}
-        if deterministic and stage in DETERMINISTIC_STAGES:
-            out["metByDeterministicCheck"] = True
-        return out
 
 
 class Router:

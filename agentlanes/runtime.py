@@ -24,9 +24,8 @@ import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
@@ -37,8 +36,8 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop
 
 from agentlanes import attributes as A
 from agentlanes.approval import Approval, ApprovalRequest, Approver
-from agentlanes.budget import BudgetLedger, Refusal, Reservation, from_micro, to_micro
-from agentlanes.content import ContentHasher
+from agentlanes.budget import Refusal, Reservation, from_micro, to_micro
+from agentlanes.content import ContentHasher, ContentStore
 from agentlanes.decision import RouteDecision, RouteRequest
 from agentlanes.errors import (
     BudgetExhausted,
@@ -51,14 +50,16 @@ from agentlanes.errors import (
     VerificationFailed,
 )
 from agentlanes.lanes import PREMIUM_LANES, RANK
+from agentlanes.ledger import BudgetLedger
 from agentlanes.logs import get_logger
 from agentlanes.models.base import Message, Model, ModelResponse, ModelSettings, ProviderError, Usage, estimate_tokens
 from agentlanes.policy import PolicyBundle
 from agentlanes.receipts import Receipt, ReceiptSigner, receipt_body
+from agentlanes.result import CallRecord, RunResult, StageRecord
 from agentlanes.router import Router
 from agentlanes.sources import LiveSignals, ProviderStats, SignalSource, StaticSignals
 from agentlanes.stores import Store, open_store
-from agentlanes.telemetry import ContentStore, Telemetry, emit_stage, run_attributes
+from agentlanes.telemetry import Telemetry, emit_stage, run_attributes
 from agentlanes.verifiers import ModelVerifier, Verifier, VerifierResult, VerifyContext
 
 if TYPE_CHECKING:
@@ -106,101 +107,6 @@ class RetryPolicy:
     max_delay: float = 60.0
     initial_wait: float = 0.5
     max_wait: float = 10.0
-
-
-@dataclass
-class CallRecord:
-    """One attempt of one model call."""
-
-    lane: str
-    model: str
-    provider: str
-    attempt: int
-    reserved: int
-    """Micro-units reserved before the call."""
-    charged: int
-    """Micro-units charged after it (0 when released)."""
-    usage: Usage | None
-    ok: bool
-    duration: float
-    error: str | None = None
-    status: int | None = None
-    usage_estimated: bool = False
-    prompt_digest: str | None = None
-    output_digest: str | None = None
-    response_model: str | None = None
-    max_tokens: int = 0
-    started_ns: int = 0
-    step: int = 0
-    retryable: bool = False
-    prompt_text: str | None = None
-    """Only kept when content capture is on."""
-    output_text: str | None = None
-
-
-@dataclass
-class StageRecord:
-    """What happened in one stage: every decision, call, verification and receipt."""
-
-    name: str
-    stage: str
-    decisions: list[RouteDecision] = field(default_factory=list)
-    calls: list[CallRecord] = field(default_factory=list)
-    verifications: list[list[VerifierResult]] = field(default_factory=list)
-    receipts: list[Receipt] = field(default_factory=list)
-    evidence: dict[str, str] = field(default_factory=dict)
-    """Required-evidence item → keyed digest of its value."""
-    missing_evidence: list[str] = field(default_factory=list)
-    attempts: int = 0
-    status: str = "running"
-    error: str | None = None
-    started: float = 0.0
-    ended: float = 0.0
-    parent: str | None = None
-    output_digest: str | None = None
-    children: list[StageRecord] = field(default_factory=list)
-    """Sub-stages (tool, verification, judge) this stage ran, in order."""
-    started_ns: int = field(default_factory=time.time_ns)
-    result_steps: list[int] = field(default_factory=list)
-    """Step number of each verifier result, in order (see ``Run._next_step``)."""
-    """Premium headroom the ledger gave each decision (by decision id), for the trace."""
-    emitted: bool = False
-
-    @property
-    def ended_ns(self) -> int:
-        return self.started_ns + int(self.duration * 1e9)
-
-    @property
-    def lane(self) -> str | None:
-        """The lane of the last decision."""
-        return self.decisions[-1].lane if self.decisions else None
-
-    @property
-    def cost(self) -> int:
-        """Micro-units charged in this stage."""
-        return sum(c.charged for c in self.calls)
-
-    @property
-    def duration(self) -> float:
-        return max(0.0, self.ended - self.started)
-
-
-@dataclass(frozen=True)
-class RunResult:
-    """A finished run."""
-
-    run_id: str
-    status: str
-    output: Any
-    records: tuple[StageRecord, ...]
-    receipts: tuple[Receipt, ...]
-    cost_micro: int
-    currency: str
-
-    @property
-    def cost(self) -> Decimal:
-        """Total charged, exactly, in the optimizer's currency."""
-        return from_micro(self.cost_micro)
 
 
 class Lanes:
