@@ -40,6 +40,9 @@ class Approval:
     approved: bool
     approver: str
     justification: str
+    justification_digest: str | None = None
+    """Set when the approver hands over only the keyed digest of the justification
+    (a replayed approval; a remote approver whose text stays elsewhere)."""
 
 
 class Approver(Protocol):

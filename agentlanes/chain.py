@@ -59,21 +59,40 @@ class VerifierSpec(_Spec):
     """``model``: what the judge checks."""
 
     def build(self) -> Verifier:
-        if self.type == "command":
-            if not self.argv:
-                raise ConfigurationError('A command verifier needs argv, e.g. ["{python}", "-m", "pytest"].')
-            return CommandVerifier(self.argv, cwd=self.cwd, timeout=self.timeout_seconds, env=self.env, name=self.name)
-        if self.type == "schema":
-            if self.schema_ is None:
-                raise ConfigurationError('A schema verifier needs a JSON schema under "schema".')
-            return SchemaVerifier(self.schema_, name=self.name or "schema")
-        if self.type == "callable":
-            if not self.ref:
-                raise ConfigurationError('A callable verifier needs "ref": "module:function".')
-            return CallableVerifier(resolve_ref(self.ref), name=self.name)
-        if not self.instructions:
-            raise ConfigurationError('A model verifier needs "instructions".')
-        return ModelVerifier(self.instructions, name=self.name or "model-judge")
+        return _VERIFIER_KINDS[self.type](self)
+
+
+def _command(spec: VerifierSpec) -> Verifier:
+    if not spec.argv:
+        raise ConfigurationError('A command verifier needs argv, e.g. ["{python}", "-m", "pytest"].')
+    return CommandVerifier(spec.argv, cwd=spec.cwd, timeout=spec.timeout_seconds, env=spec.env, name=spec.name)
+
+
+def _schema(spec: VerifierSpec) -> Verifier:
+    if spec.schema_ is None:
+        raise ConfigurationError('A schema verifier needs a JSON schema under "schema".')
+    return SchemaVerifier(spec.schema_, name=spec.name or "schema")
+
+
+def _callable(spec: VerifierSpec) -> Verifier:
+    if not spec.ref:
+        raise ConfigurationError('A callable verifier needs "ref": "module:function".')
+    return CallableVerifier(resolve_ref(spec.ref), name=spec.name)
+
+
+def _model(spec: VerifierSpec) -> Verifier:
+    if not spec.instructions:
+        raise ConfigurationError('A model verifier needs "instructions".')
+    return ModelVerifier(spec.instructions, name=spec.name or "model-judge")
+
+
+# The verifier kinds a stage document may name: a new kind is one more entry.
+_VERIFIER_KINDS: dict[str, Callable[[VerifierSpec], Verifier]] = {
+    "command": _command,
+    "schema": _schema,
+    "callable": _callable,
+    "model": _model,
+}
 
 
 class StepSpec(_Spec):
@@ -150,6 +169,19 @@ def _load_spec(path: Path, model: type[_Spec]) -> Any:
         raise PolicyError(
             f"{path}: {model.__name__} document: {pointer or '/'}: {first['msg']}.", source=str(path), pointer=pointer
         ) from None
+
+
+def _applied(ref: str, values: dict[str, Any]) -> Callable[[Any], Any]:
+    """A step's ``tool``, applied to the step's output with the chain's values; named
+    after its reference in records."""
+    fn = resolve_ref(ref)
+
+    def apply(output: Any) -> Any:
+        return fn(output, dict(values))
+
+    module, _, qualname = ref.partition(":")
+    apply.__module__, apply.__qualname__, apply.__name__ = module, qualname, qualname.rsplit(".", 1)[-1]
+    return apply
 
 
 class _Fill(dict[str, Any]):
@@ -263,10 +295,11 @@ class Chain:
         if step.type == "tool":
             assert step.tool is not None
             fn = resolve_ref(step.tool)
+            ref = step.tool
 
             async def call_tool(ctx: StageContext) -> Any:
-                out = fn(dict(values))
-                return await out if hasattr(out, "__await__") else out
+                # a recorded tool step: exact replay serves its result from the record
+                return await ctx.tool(fn, dict(values), name=ref)
 
             return await run.stage_with(
                 step.stage, call_tool, name=step.name, deterministic=True, verify=verifiers, evidence=evidence
@@ -298,7 +331,6 @@ class Chain:
                     raise RetryStage("the reply was not valid JSON") from None
             return reply.text
 
-        tool = resolve_ref(step.tool) if step.tool else None
         return await run.stage_with(
             step.stage,
             ask,
@@ -306,7 +338,7 @@ class Chain:
             escalation_reason=step.escalation_reason,
             risk_class=step.risk_class,
             verify=verifiers,
-            tool=(lambda out: tool(out, dict(values))) if tool else None,
+            tool=_applied(step.tool, values) if step.tool else None,
             max_tokens=step.max_tokens,
             evidence=evidence,
         )

@@ -21,7 +21,7 @@ from typing import IO, Any
 
 from agentlanes import __version__
 from agentlanes.decision import RouteDecision, RouteRequest
-from agentlanes.errors import ConfigurationError, PolicyError
+from agentlanes.errors import AgentLanesError, ConfigurationError, PolicyError
 from agentlanes.lanes import LANES
 from agentlanes.policy import (
     Loaded,
@@ -382,27 +382,43 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 def _exact_replay(args: argparse.Namespace) -> int:
+    """Exit status: 0 every run replayed identically, 1 one diverged, 2 unusable input."""
     import anyio
 
     from agentlanes.errors import ReplayDivergence
-    from agentlanes.history import find_trace
-    from agentlanes.replay import replay_run
+    from agentlanes.replay import replay
 
     data_dir = _data_dir(args)
+    bundle = None
+    if args.policy or args.optimizer or args.price_catalog:
+        try:
+            bundle = _Cache().router(args.policy, args.optimizer, args.price_catalog).bundle
+        except ConfigurationError as exc:
+            _err(str(exc))
+            return 2
     status = 0
     for run in args.runs:
         try:
-            path = find_trace(data_dir, run)
-            report = anyio.run(functools.partial(replay_run, path, data_dir=data_dir, chain=args.chain))
+            report = anyio.run(
+                functools.partial(
+                    replay,
+                    run,
+                    entry=args.entry,
+                    chain=args.chain,
+                    data_dir=data_dir,
+                    bundle=bundle,
+                    live_tools=args.live_tools,
+                )
+            )
         except ReplayDivergence as exc:
-            _err(f"{run}: DIVERGED at {exc}")
-            status = 1
+            _err(f"{run}: DIVERGED. {exc}")
+            status = max(status, 1)
             continue
-        except (ConfigurationError, ValueError, OSError) as exc:
-            _err(f"{run}: {exc}")
-            status = 1
+        except (AgentLanesError, OSError) as exc:
+            _err(f"{run}: cannot be replayed: {exc}")
+            status = 2
             continue
-        suffix = "" if report.complete else " (the trace was cut short; replayed up to where it ends)"
+        suffix = "" if report.complete else " (the run never finished; replayed up to where its record ends)"
         print(f"{report.run_id}: replayed exactly, {report.steps} step(s) identical to the record{suffix}")
     return status
 
@@ -410,16 +426,23 @@ def _exact_replay(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     from agentlanes.history import counterfactual, find_trace
 
-    if not (args.policy or args.optimizer or args.price_catalog):
+    documents = bool(args.policy or args.optimizer or args.price_catalog)
+    if not documents or args.entry or args.chain:
+        if args.check:
+            _err("--check applies to a counterfactual replay (--policy / --optimizer / --price-catalog).")
+            return 2
         return _exact_replay(args)
     try:
         paths = [find_trace(_data_dir(args), r) for r in args.runs]
         router = _Cache().router(args.policy, args.optimizer, args.price_catalog)
         report = counterfactual(paths, router)
-    except (ConfigurationError, ValueError, OSError) as exc:
+    except (AgentLanesError, OSError) as exc:
         _err(str(exc))
-        return 1
+        return 2
     print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
+    if args.check and report.lane_changes:
+        _err(f"{len(report.lane_changes)} recorded decision(s) would take another lane under these documents.")
+        return 1
     return 0
 
 
@@ -504,14 +527,35 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=_cmd_show)
     replay = sub.add_parser(
         "replay",
-        help="replay recorded runs exactly (no network), or re-decide them under other documents (counterfactual)",
+        help="replay recorded runs exactly (no network; exit 0 identical, 1 diverged, 2 unusable input), or "
+        "re-decide them under other documents (counterfactual)",
     )
     replay.add_argument("runs", nargs="+", metavar="RUN_OR_TRACE", help="run ids or trace files")
-    replay.add_argument("--policy", help="routing policy to re-decide under")
-    replay.add_argument("--optimizer", help="optimizer to re-decide under")
-    replay.add_argument("--price-catalog", help="price catalog to re-decide under")
+    replay.add_argument(
+        "--policy", help="routing policy to re-decide under (with --entry/--chain: the one the run used)"
+    )
+    replay.add_argument("--optimizer", help="optimizer to re-decide under (with --entry/--chain: the run's)")
+    replay.add_argument("--price-catalog", help="price catalog to re-decide under (with --entry/--chain: the run's)")
     replay.add_argument("--json", action="store_true", help="JSON report instead of a table")
-    replay.add_argument("--chain", help="module:attr of the chain to replay (default: the one the run recorded)")
+    replay.add_argument(
+        "--entry",
+        metavar="MODULE:FUNCTION",
+        help="the code that made the run: async def main(lanes), called again with lanes served from the record "
+        "(also path/to/file.py:FUNCTION)",
+    )
+    replay.add_argument(
+        "--chain",
+        metavar="MODULE:ATTR",
+        help="a declared chain (or a function returning one) to replay; the bundled chains need no flag",
+    )
+    replay.add_argument(
+        "--live-tools",
+        action="store_true",
+        help="run recorded tools for real, in a scratch copy of the run's workspace (default: served from the record)",
+    )
+    replay.add_argument(
+        "--check", action="store_true", help="counterfactual: exit 1 when any recorded decision would change lane"
+    )
     replay.set_defaults(func=_cmd_replay)
     for p in (runs, show, replay):
         p.add_argument("--data-dir", help="data directory (default: AGENTLANES_HOME or ./.agentlanes)")

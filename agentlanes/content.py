@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import hmac
 import os
+import re
 import secrets
+import stat
 import threading
 from pathlib import Path
 
-__all__ = ["ContentHasher", "ContentStore"]
+from agentlanes.errors import ConfigurationError
+
+__all__ = ["DIGEST_RE", "ContentError", "ContentHasher", "ContentStore"]
 
 
 class ContentHasher:
@@ -64,27 +68,80 @@ class ContentHasher:
         return "hmac-sha256:" + hmac.digest(self._key, data, "sha256").hex()
 
 
+DIGEST_RE = re.compile(r"hmac-sha256:[0-9a-f]{64}\Z")
+"""The exact form of a content digest (anything else names no body)."""
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+class ContentError(ConfigurationError):
+    """A body in the content store cannot be used: not a regular file, too large, not
+    text, or not what its digest says (the store was altered)."""
+
+
 class ContentStore:
     """Bodies needed for exact replay, under ``<data-dir>/content/``, named by their
-    keyed digest. Local only: nothing here is ever exported."""
+    keyed digest. Local only: nothing here is ever exported; files are private (0600).
 
-    def __init__(self, root: Path) -> None:
+    Args:
+        root: the directory.
+        create: create it when missing (readers pass ``False``: they never write).
+    """
+
+    def __init__(self, root: Path, *, create: bool = True) -> None:
         self.root = root
-        root.mkdir(parents=True, exist_ok=True)
+        if create:
+            root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    def path(self, digest: str) -> Path:
-        return self.root / digest.split(":", 1)[-1]
+    def path(self, digest: str) -> Path | None:
+        """Where the body named ``digest`` lives; ``None`` when ``digest`` is not the
+        exact digest form (so no text can name a path outside the store)."""
+        if not isinstance(digest, str) or not DIGEST_RE.match(digest):
+            return None
+        return self.root / digest[len("hmac-sha256:") :]
 
     def put(self, digest: str, text: str) -> None:
         path = self.path(digest)
-        if path.exists():
+        if path is None or path.exists():
             return
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-        tmp.write_text(text, encoding="utf-8")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
         os.replace(tmp, path)
 
-    def get(self, digest: str) -> str | None:
+    def get(self, digest: str, *, limit: int = MAX_BODY_BYTES) -> str | None:
+        """The body named ``digest``, or ``None`` when the store has none. Only regular
+        files inside the store are read (never a link, FIFO or device), at most
+        ``limit`` bytes."""
+        path = self.path(digest)
+        if path is None:
+            raise ContentError(f"{digest!r} is not a content digest (hmac-sha256: and 64 hex digits).")
         try:
-            return self.path(digest).read_text(encoding="utf-8")
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise ContentError(f"{path} cannot be read as a body ({exc.strerror}).") from None
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                raise ContentError(f"{path} is not a regular file, so it is not a body agentlanes stored.")
+            if info.st_size > limit:
+                raise ContentError(f"{path} is {info.st_size} bytes, more than a body may be ({limit}).")
+            data = os.read(fd, limit + 1)
+        finally:
+            os.close(fd)
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ContentError(f"{path} is not UTF-8 text, so it is not a body agentlanes stored.") from None
+
+    def get_verified(self, digest: str, hasher: ContentHasher) -> str | None:
+        """:meth:`get`, then the body is digested again and must match its name."""
+        text = self.get(digest)
+        if text is not None and hasher.digest(text) != digest:
+            raise ContentError(
+                f"The body stored as {digest} does not match its digest: the content store was altered "
+                "(or holds another installation's bodies)."
+            )
+        return text

@@ -142,7 +142,18 @@ class BudgetExhausted(RunError):
 
 class ModelError(RunError):
     """A model call failed after its retries and fallbacks; ``__cause__`` is the
-    provider's last error."""
+    provider's last error.
+
+    Attributes:
+        retryable: whether the provider's last error was one that trying again (or
+            another model) might fix; ``False`` for a request the server refused (4xx).
+    """
+
+    def __init__(
+        self, message: str, *, run_id: str | None = None, stage: str | None = None, retryable: bool = True
+    ) -> None:
+        super().__init__(message, run_id=run_id, stage=stage)
+        self.retryable = retryable
 
 
 class VerificationFailed(RunError):

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,7 @@ from agentlanes.decision import RouteRequest
 from agentlanes.errors import ConfigurationError
 from agentlanes.router import Router
 from agentlanes.signals import SnapshotCache
-from agentlanes.tracefile import _attrs, _value, read_trace, trace_path
+from agentlanes.tracefile import TraceError, _attrs, _value, find_trace, read_lines, read_trace
 
 _loads: Callable[[str], Any]
 try:  # optional accelerator (agentlanes[fast]): same results, faster trace reading
@@ -43,19 +44,6 @@ async def list_runs(data_dir: Path) -> list[dict[str, Any]]:
         return await store.runs()
     finally:
         await store.aclose()
-
-
-def find_trace(data_dir: Path, run_or_path: str) -> Path:
-    """A trace file from a run id or a path."""
-    path = Path(run_or_path)
-    if path.is_file():
-        return path
-    candidate = trace_path(data_dir, run_or_path)
-    if candidate.is_file():
-        return candidate
-    raise ConfigurationError(
-        f"No trace for {run_or_path!r}: not a file, and no {candidate} (runs are listed by `agentlanes runs`)."
-    )
 
 
 def load_run(path: Path) -> dict[str, Any]:
@@ -228,31 +216,48 @@ def _decision_events(path: Path) -> Iterable[tuple[str, str, dict[str, Any], set
     counterfactual replay is mostly trace reading, so it reads no more than it needs.
     """
     run_id = path.name.split(".")[0]
-    with open(path, encoding="utf-8") as fh:
-        lines = fh.read().split("\n")
-    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    lines = read_lines(path)
+    torn = len(lines) - 1 if lines and lines[-1].strip() else -1  # no newline after it: cut mid-write
     found: list[tuple[int, str, dict[str, Any], set[str]]] = []
     for i, line in enumerate(lines):
         if A.EVENT_DECISION not in line:
             continue
         try:
             message = _loads(line)
+        except RecursionError:
+            raise TraceError(
+                f"{path}: line {i + 1} is nested too deeply to be OTLP/JSON.", path=path, line=i + 1
+            ) from None
         except ValueError:
-            if i == last:
+            if i == torn:
                 break  # torn by a kill mid-write
-            raise ValueError(f"{path}: line {i + 1} is not OTLP/JSON") from None
-        for rs in message.get("resourceSpans", ()):
-            for ss in rs.get("scopeSpans", ()):
-                for span in ss.get("spans", ()):
-                    stage = next(
-                        (a["value"].get("stringValue") for a in span.get("attributes", ()) if a["key"] == A.STAGE_NAME),
-                        span.get("name"),
-                    )
-                    events = span.get("events", ())
-                    escalated = {_event_attr(e, A.DECISION_ID) for e in events if e.get("name") == A.EVENT_ESCALATION}
-                    for e in events:
-                        if e.get("name") == A.EVENT_DECISION:
-                            found.append((int(e.get("timeUnixNano", 0)), stage, _attrs(e.get("attributes")), escalated))
+            raise TraceError(f"{path}: line {i + 1} is not OTLP/JSON.", path=path, line=i + 1) from None
+        try:
+            for rs in message["resourceSpans"]:
+                for ss in rs["scopeSpans"]:
+                    for span in ss["spans"]:
+                        stage = next(
+                            (
+                                a["value"].get("stringValue")
+                                for a in span.get("attributes", ())
+                                if a["key"] == A.STAGE_NAME
+                            ),
+                            span.get("name"),
+                        )
+                        events = span.get("events", ())
+                        escalated = {
+                            _event_attr(e, A.DECISION_ID) for e in events if e.get("name") == A.EVENT_ESCALATION
+                        }
+                        for e in events:
+                            if e.get("name") == A.EVENT_DECISION:
+                                at = int(e.get("timeUnixNano", 0))
+                                found.append((at, str(stage), _attrs(e.get("attributes", [])), escalated))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise TraceError(
+                f"{path}: line {i + 1} is not a trace line agentlanes writes ({type(exc).__name__}).",
+                path=path,
+                line=i + 1,
+            ) from None
     found.sort(key=lambda f: f[0])
     for _, stage, attrs, escalated in found:
         yield run_id, stage, attrs, escalated
@@ -273,24 +278,19 @@ def counterfactual(paths: Sequence[Path], router: Router) -> CounterfactualRepor
     for path in paths:
         for run_id, stage, attrs, escalated in _decision_events(path):
             runs.add(run_id)
-            req = _loads(attrs[A.REQUEST])
-            snap = snapshots.get(req["signals"])
-            request = RouteRequest.trusted(
-                task_class=req["taskClass"],
-                stage=req["stage"],
-                risk_class=req["riskClass"],
-                requested_lane=req["requestedLane"],
-                escalation_reason=req["escalationReason"],
-                budget_window=req["budgetWindow"],
-                budget_remaining=req["budgetRemaining"],
-                deterministic=req["deterministic"],
-                excluded_lanes=tuple((str(x[0]), str(x[1])) for x in req["excludedLanes"]),
-                signals=snap,
-            )
-            premium = req.get("premiumRemaining")
+            try:
+                req = _loads(attrs[A.REQUEST])
+                request = _recorded_request(req, snapshots)
+                premium = req.get("premiumRemaining")
+                premium_pair = (float(premium[0]), float(premium[1])) if premium else None
+            except (KeyError, TypeError, ValueError, IndexError, RecursionError) as exc:
+                raise TraceError(
+                    f"{path}: a recorded decision's inputs are not what agentlanes writes ({type(exc).__name__}).",
+                    path=path,
+                ) from None
             new_status: str
             try:
-                new = router.decide(request, premium_remaining=tuple(premium) if premium else None)
+                new = router.decide(request, premium_remaining=premium_pair)
                 new_lane, new_status, new_reason, new_cost = new.lane, new.status, new.reason, new.estimated_cost
             except ConfigurationError as exc:
                 new_lane, new_status, new_reason, new_cost = None, "error", str(exc), None
@@ -319,6 +319,37 @@ def counterfactual(paths: Sequence[Path], router: Router) -> CounterfactualRepor
                 report.changes.append(change)
     report.runs = len(runs)
     return report
+
+
+def _recorded_request(req: Any, snapshots: SnapshotCache) -> RouteRequest:
+    """A recorded decision's request, rebuilt without re-validating what agentlanes
+    wrote (the fast path counterfactual replay lives on), after cheap type checks that
+    keep a hostile trace from reaching the router with values of the wrong kind."""
+    names = (req["taskClass"], req["stage"], req["riskClass"], req["budgetWindow"])
+    optional = (req["requestedLane"], req["escalationReason"])
+    remaining = req["budgetRemaining"]
+    if (
+        not all(isinstance(n, str) for n in names)
+        or not all(o is None or isinstance(o, str) for o in optional)
+        or not isinstance(remaining, (int, float))
+        or isinstance(remaining, bool)
+        or not math.isfinite(remaining)
+        or not isinstance(req["deterministic"], bool)
+        or not isinstance(req["signals"], dict)
+    ):
+        raise TypeError("a field of the wrong kind")
+    return RouteRequest.trusted(
+        task_class=req["taskClass"],
+        stage=req["stage"],
+        risk_class=req["riskClass"],
+        requested_lane=req["requestedLane"],
+        escalation_reason=req["escalationReason"],
+        budget_window=req["budgetWindow"],
+        budget_remaining=float(remaining),
+        deterministic=req["deterministic"],
+        excluded_lanes=tuple((str(x[0]), str(x[1])) for x in req["excludedLanes"]),
+        signals=snapshots.get(req["signals"]),
+    )
 
 
 def _recorded_cost(attrs: dict[str, Any]) -> float | None:

@@ -8,10 +8,10 @@ spans and trace lines.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from agentlanes.budget import from_micro
 from agentlanes.decision import RouteDecision
@@ -19,7 +19,16 @@ from agentlanes.models.base import Usage
 from agentlanes.receipts import Receipt
 from agentlanes.verifiers import VerifierResult
 
-__all__ = ["CallRecord", "RunResult", "StageRecord"]
+__all__ = [
+    "ApprovalRecord",
+    "CallRecord",
+    "CheckRecord",
+    "RefusalRecord",
+    "RunResult",
+    "RunState",
+    "StageRecord",
+    "ToolRecord",
+]
 
 
 @dataclass
@@ -52,9 +61,58 @@ class CallRecord:
     output_text: str | None = None
 
 
-@dataclass
+class ToolRecord(NamedTuple):
+    """A deterministic tool a stage ran (on ``no-model``): its name, outcome, step and
+    the keyed digest of its result (its JSON, or its repr when it is not JSON)."""
+
+    name: str
+    ok: bool
+    step: int
+    output_digest: str | None
+    error: str | None
+    started_ns: int
+    ended_ns: int
+
+
+class CheckRecord(NamedTuple):
+    """One deterministic verifier's result, as recorded."""
+
+    result: VerifierResult
+    step: int
+    identity: str
+    """What the verifier checks: canonical JSON of its kind and keyed digests of its definition."""
+    digest: str
+    """Keyed digest of the result's summary and output (the body replay serves back)."""
+
+
+class RefusalRecord(NamedTuple):
+    """A reservation no budget window could hold."""
+
+    lane: str
+    window: str
+    reason: str
+    available: int
+    estimate: int
+    step: int
+
+
+class ApprovalRecord(NamedTuple):
+    """An approver's answer to an escalation (the justification only as a digest)."""
+
+    approved: bool
+    approver: str | None
+    justification_digest: str | None
+    step: int
+
+
+@dataclass(eq=False)
 class StageRecord:
-    """What happened in one stage: every decision, call, verification and receipt."""
+    """What happened in one stage: every decision, call, verification and receipt.
+
+    Every recorded step (decision, refusal, call, tool, verifier result, approval,
+    receipt) carries its step number in the run, which is the order the local record
+    keeps and exact replay checks.
+    """
 
     name: str
     stage: str
@@ -68,21 +126,32 @@ class StageRecord:
     attempts: int = 0
     status: str = "running"
     error: str | None = None
-    started: float = 0.0
-    ended: float = 0.0
+    """The type name of the error that ended the stage (never its text)."""
     parent: str | None = None
     output_digest: str | None = None
     children: list[StageRecord] = field(default_factory=list)
     """Sub-stages (tool, verification, judge) this stage ran, in order."""
-    started_ns: int = field(default_factory=time.time_ns)
-    result_steps: list[int] = field(default_factory=list)
-    """Step number of each verifier result, in order (see ``Run._next_step``)."""
-    """Premium headroom the ledger gave each decision (by decision id), for the trace."""
+    started_ns: int = 0
+    ended_ns: int = 0
+    key: str = ""
+    """The stage's place in its run: ``name#n`` (the n-th stage of that name under the
+    same parent), prefixed with the parent's key for sub-stages. Exact replay matches
+    stages by key, so concurrent stages replay too."""
+    decision_steps: list[int] = field(default_factory=list)
+    premium: list[tuple[float, float] | None] = field(default_factory=list)
+    """Premium headroom the ledger gave each decision (parallel to ``decisions``)."""
+    checks: list[CheckRecord] = field(default_factory=list)
+    """Every deterministic verifier result of this stage, with its step, identity and digest."""
+    receipt_steps: list[int] = field(default_factory=list)
+    refusals: list[RefusalRecord] = field(default_factory=list)
+    approvals: list[ApprovalRecord] = field(default_factory=list)
+    tools: list[ToolRecord] = field(default_factory=list)
     emitted: bool = False
 
     @property
-    def ended_ns(self) -> int:
-        return self.started_ns + int(self.duration * 1e9)
+    def result_steps(self) -> list[int]:
+        """Step number of each verifier result, in order."""
+        return [c.step for c in self.checks]
 
     @property
     def lane(self) -> str | None:
@@ -96,7 +165,8 @@ class StageRecord:
 
     @property
     def duration(self) -> float:
-        return max(0.0, self.ended - self.started)
+        """Seconds the stage took (0 while it runs)."""
+        return max(0.0, (self.ended_ns - self.started_ns) / 1e9)
 
 
 @dataclass(frozen=True)
@@ -115,3 +185,64 @@ class RunResult:
     def cost(self) -> Decimal:
         """Total charged, exactly, in the optimizer's currency."""
         return from_micro(self.cost_micro)
+
+
+@dataclass(eq=False)
+class RunState:
+    """A run as the engine keeps it while it runs (what processors read).
+
+    Attributes:
+        run_id / task_class / risk_class / escalation_reason: the run's.
+        chain: the declared chain's reference, when one runs (recorded; never imported
+            back from a record).
+        variables: values for ``{name}`` placeholders in command verifiers.
+        status: ``created``, ``running``, ``succeeded``, ``failed`` or ``cancelled``.
+        records: every stage record, in the order stages started.
+        receipts: every receipt the run wrote.
+        steps: the number of recorded steps so far.
+        planned: the planning stage has finished (de-escalation applies after it).
+    """
+
+    run_id: str
+    task_class: str
+    risk_class: str
+    escalation_reason: str | None
+    chain: str | None
+    variables: dict[str, str]
+    currency: str
+    status: str = "created"
+    output: Any = None
+    records: list[StageRecord] = field(default_factory=list)
+    receipts: list[Receipt] = field(default_factory=list)
+    started_at: str = ""
+    started_ns: int = 0
+    ended_ns: int = 0
+    error: str | None = None
+    input_digest: str | None = None
+    output_digest: str | None = None
+    trace_path: Path | None = None
+    steps: int = 0
+    planned: bool = False
+    documents: dict[str, str] | None = None
+    """The routing documents' ids and digests (recorded, so a replay under other
+    documents says so)."""
+
+    @property
+    def cost_micro(self) -> int:
+        return sum(r.cost for r in self.records)
+
+    def next_step(self) -> int:
+        """Number the run's next recorded step (what the local record orders by)."""
+        self.steps += 1
+        return self.steps
+
+    def result(self) -> RunResult:
+        return RunResult(
+            self.run_id,
+            self.status,
+            self.output,
+            tuple(self.records),
+            tuple(self.receipts),
+            self.cost_micro,
+            self.currency,
+        )

@@ -1,4 +1,4 @@
-"""The chain runtime: lane-aware stages around a user's own agent loop.
+"""Lane-aware stages around a user's own agent loop: the façade users touch.
 
 ::
 
@@ -8,62 +8,47 @@
         patch = await run.stage("execution", write_patch, plan, verify=[CommandVerifier(["pytest"])])
     run.result.cost, run.result.receipts
 
-Each ``run.stage`` asks the router for a decision before anything runs, binds the stage
-context's model to the chosen lane, reserves the estimated cost of every model call in
-every budget window before the call and settles it after (in shielded scopes), retries
-with backoff, falls back only to lanes that are not dearer, verifies deterministically
-on ``no-model``, escalates after repeated standard-lane failure with a receipt, and
-records everything in :class:`StageRecord` objects.
+:class:`Lanes` holds the configuration (router, models per lane, signals, store,
+approver, records); :class:`Run` is one task's run; :class:`StageContext` is what a
+stage function receives. The stage engine itself (:mod:`agentlanes._engine`) does no
+I/O: every effect goes through the run's :class:`~agentlanes.effects.Effects`, and what
+happens reaches the run's processors (spans, the local record, logs, the observer) as
+typed events.
 """
 
 from __future__ import annotations
 
-import json
+import inspect
 import os
 import sys
-import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-import anyio
-from opentelemetry import trace
-from opentelemetry.trace import Status, StatusCode
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay
-
-from agentlanes import attributes as A
-from agentlanes.approval import Approval, ApprovalRequest, Approver
-from agentlanes.budget import Refusal, Reservation, from_micro, to_micro
+from agentlanes._calls import LaneModels, RetryPolicy, call
+from agentlanes._engine import EngineConfig, RunEngine, tool_name
+from agentlanes.approval import Approver
 from agentlanes.content import ContentHasher, ContentStore
-from agentlanes.decision import RouteDecision, RouteRequest
-from agentlanes.errors import (
-    BudgetExhausted,
-    ConfigurationError,
-    Escalate,
-    EscalationDenied,
-    ModelError,
-    RetryStage,
-    RouteDeferred,
-    VerificationFailed,
-)
-from agentlanes.lanes import PREMIUM_LANES, RANK
+from agentlanes.decision import RouteDecision
+from agentlanes.effects import Effects, LiveEffects
+from agentlanes.errors import ConfigurationError
+from agentlanes.events import RunProcessor, StageEnded
+from agentlanes.lanes import RANK
 from agentlanes.ledger import BudgetLedger
-from agentlanes.logs import get_logger
-from agentlanes.models.base import Message, Model, ModelResponse, ModelSettings, ProviderError, Usage, estimate_tokens
+from agentlanes.logs import LogProcessor
+from agentlanes.models.base import Message, Model, ModelResponse, ModelSettings
 from agentlanes.policy import PolicyBundle
-from agentlanes.receipts import Receipt, ReceiptSigner, receipt_body
-from agentlanes.result import CallRecord, RunResult, StageRecord
+from agentlanes.receipts import Receipt, ReceiptSigner
+from agentlanes.result import CallRecord, RunResult, RunState, StageRecord
 from agentlanes.router import Router
 from agentlanes.sources import LiveSignals, ProviderStats, SignalSource, StaticSignals
 from agentlanes.stores import Store, open_store
-from agentlanes.telemetry import Telemetry, emit_stage, run_attributes
-from agentlanes.verifiers import ModelVerifier, Verifier, VerifierResult, VerifyContext
+from agentlanes.telemetry import Telemetry, TraceProcessor
+from agentlanes.tracefile import RUN_ID_RE, trace_path
+from agentlanes.verifiers import Verifier, VerifierResult
 
 if TYPE_CHECKING:
-    from agentlanes.replay import Replayer
+    from types import TracebackType
 
 __all__ = [
     "CallRecord",
@@ -88,29 +73,20 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
     return Path(env) if env else Path(".agentlanes")
 
 
-def _now_iso() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+class _Observer:
+    """Calls the user's observer with each stage record when it finishes."""
 
+    def __init__(self, fn: Callable[[StageRecord], None]) -> None:
+        self.fn = fn
 
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How one model is retried before the runtime falls back.
-
-    Attributes:
-        attempts: tries per model, the first included.
-        max_delay: give up retrying after this many seconds in total.
-        initial_wait: first backoff; doubles per retry up to ``max_wait``. A provider's
-            Retry-After wins when it asks for longer (capped at ``max_wait``).
-    """
-
-    attempts: int = 3
-    max_delay: float = 60.0
-    initial_wait: float = 0.5
-    max_wait: float = 10.0
+    def on_event(self, event: Any) -> None:
+        if type(event) is StageEnded:
+            self.fn(event.record)
 
 
 class Lanes:
-    """Everything runs need: the router, models per lane, signals, budgets, approvals.
+    """Everything runs need: the router, models per lane, signals, budgets, approvals,
+    records.
 
     Args:
         models: lane → a model, or several in preference order. ``no-model`` takes none.
@@ -129,14 +105,21 @@ class Lanes:
         cooldown: seconds a model that failed all its retries is skipped.
         observer: called with each :class:`StageRecord` when it finishes (progress
             displays, custom metrics); it must not raise.
-        tracing: emit OpenTelemetry spans and write the local trace (default on).
+        tracing: emit OpenTelemetry spans (default on).
         tracer_provider: the provider to use (default: the application's global SDK
             provider when it has one, else a private one).
         capture_content: record prompts and outputs as text in spans (default: the
             ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` variable, else off).
         otlp_endpoint: also export spans over OTLP/HTTP (``agentlanes[otlp]``).
-        record_content: keep prompt/output bodies in ``<data-dir>/content/`` (never
-            exported) so runs can be replayed exactly.
+        record: write each run's local record, ``<data-dir>/traces/<run-id>.otlp.jsonl``
+            (independent of ``tracing``): what ``agentlanes show`` and ``replay`` read.
+        record_content: keep prompt/output/verifier bodies in ``<data-dir>/content/``
+            (never exported) so runs can be replayed exactly.
+        processors: more run processors fed every run event (see :mod:`agentlanes.events`).
+        log: write structlog events (see :mod:`agentlanes.logs`).
+        effects: where effects go (default: :class:`~agentlanes.effects.LiveEffects`);
+            replay and durable-execution backends pass their own.
+        hasher: keyed digests for content (default: the data directory's key).
     """
 
     def __init__(
@@ -159,25 +142,29 @@ class Lanes:
         tracer_provider: Any = None,
         capture_content: bool | None = None,
         otlp_endpoint: str | None = None,
+        record: bool = True,
         record_content: bool = True,
+        processors: Sequence[RunProcessor] = (),
+        log: bool = True,
+        effects: Effects | None = None,
+        hasher: ContentHasher | None = None,
     ) -> None:
         self.router = router if router is not None else Router(bundle)
+        self.bundle = self.router.bundle
         self.observer = observer
         self._tracing = (tracing, tracer_provider, capture_content, otlp_endpoint)
         self._telemetry: Telemetry | None = None
+        self.record = record
         self.record_content = record_content
         self._content: ContentStore | None = None
-        self.replay: Replayer | None = None
-        """A :class:`~agentlanes.replay.Replayer` while a recorded run is replayed."""
-        self.bundle = self.router.bundle
-        self.models: dict[str, tuple[Model, ...]] = {}
-        for lane, bound in (models or {}).items():
+        bound: dict[str, tuple[Model, ...]] = {}
+        for lane, given in (models or {}).items():
             if lane not in RANK:
                 raise ConfigurationError(f"Model binding for {lane!r}: not a lane (lanes: {', '.join(RANK)}).")
             if lane == "no-model":
                 raise ConfigurationError("The no-model lane runs deterministic code; it cannot have a model bound.")
             seq = (
-                (bound,) if isinstance(bound, Model) else tuple(bound) if isinstance(bound, (list, tuple)) else (bound,)
+                (given,) if isinstance(given, Model) else tuple(given) if isinstance(given, (list, tuple)) else (given,)
             )
             for m in seq:
                 if not isinstance(m, Model):
@@ -185,7 +172,8 @@ class Lanes:
                         f"Model binding for {lane!r} holds {m!r}, which is not an agentlanes Model "
                         "(wrap it in an adapter such as OpenAIChatModel or FunctionModel)."
                     )
-            self.models[lane] = seq
+            bound[lane] = seq
+        self._models = LaneModels(bound, cooldown)
         self.stats = stats or ProviderStats()
         if signals is None:
             self.signals: SignalSource = LiveSignals(stats=self.stats)
@@ -197,21 +185,29 @@ class Lanes:
         self._store = store
         self.approver = approver
         self.retry = retry or RetryPolicy()
-        self.session_id = session_id or f"session-{uuid.uuid4().hex[:16]}"
+        self.session_id = session_id or f"session-{os.urandom(8).hex()}"
         self.call_timeout = call_timeout
         self.cooldown = cooldown
-        self._cooling: dict[int, float] = {}
         self._ledger: BudgetLedger | None = None
-        self._hasher: ContentHasher | None = None
+        self._hasher = hasher
         self._signer: ReceiptSigner | None = None
-        pol = self.bundle.policy
-        self.threshold = pol.escalation_policy.repeated_failure_threshold
-        self.deescalate_after_plan = pol.escalation_policy.deescalate_after_plan
-        self.max_log_lines = pol.context_policy.max_log_lines_without_approval or 80
-        self.required_evidence: dict[str, list[str]] = {s.stage: list(s.required_evidence) for s in pol.chain_stages}
-        self.human_justification = {t.task_class: t.requires_human_justification for t in pol.task_classes}
-        self.on_budget_pressure = self.bundle.optimizer.budget_policy.on_budget_pressure
+        self._user_processors = tuple(processors)
+        self._log = log
+        self._processors: tuple[RunProcessor, ...] | None = None
+        self._config: EngineConfig | None = None
+        self.effects: Effects = effects or LiveEffects(
+            signals=self.signals,
+            ledger=lambda: self.ledger,
+            store=lambda: self.store,
+            approver=approver,
+            signer=lambda: self.signer,
+        )
         self.currency = self.bundle.optimizer.budget_policy.currency
+
+    @property
+    def models(self) -> dict[str, tuple[Model, ...]]:
+        """The models bound to each lane, in preference order."""
+        return self._models.bound
 
     @property
     def store(self) -> Store:
@@ -228,22 +224,18 @@ class Lanes:
 
     @property
     def telemetry(self) -> Telemetry:
-        """Spans and the local trace (created on first use)."""
+        """Spans (created on first use)."""
         if self._telemetry is None:
             enabled, provider, capture, endpoint = self._tracing
             self._telemetry = Telemetry(
-                self.data_dir,
-                enabled=enabled,
-                tracer_provider=provider,
-                capture_content=capture,
-                otlp_endpoint=endpoint,
+                enabled=enabled, tracer_provider=provider, capture_content=capture, otlp_endpoint=endpoint
             )
         return self._telemetry
 
     @property
     def content(self) -> ContentStore | None:
         """The local content store for replay bodies (``None`` when off)."""
-        if self.record_content and self._content is None:
+        if self.record and self.record_content and self._content is None:
             self._content = ContentStore(self.data_dir / "content")
         return self._content
 
@@ -261,6 +253,43 @@ class Lanes:
             self._hasher = ContentHasher(self.data_dir / "keys" / "content.key")
         return self._hasher
 
+    @property
+    def config(self) -> EngineConfig:
+        if self._config is None:
+            self._config = EngineConfig.from_bundle(
+                self.router,
+                self.bundle,
+                retry=self.retry,
+                call_timeout=self.call_timeout,
+                hasher=self.hasher,
+                capture_content=self.telemetry.capture_content,
+            )
+        return self._config
+
+    def processors(self) -> tuple[RunProcessor, ...]:
+        """The processors every run of these lanes feeds (built on first use)."""
+        if self._processors is None:
+            tracing = self._tracing[0]
+            telemetry = self.telemetry
+            procs: list[RunProcessor] = []
+            if tracing or self.record:
+                procs.append(
+                    TraceProcessor(
+                        telemetry if tracing else None,
+                        record=self.record,
+                        content=self.content,
+                        capture_content=telemetry.capture_content,
+                    )
+                )
+            if self._log:
+                procs.append(LogProcessor(telemetry.exporter))
+            procs.append(self.stats)
+            if self.observer is not None:
+                procs.append(_Observer(self.observer))
+            procs.extend(self._user_processors)
+            self._processors = tuple(procs)
+        return self._processors
+
     def run(
         self,
         *,
@@ -277,11 +306,19 @@ class Lanes:
             task_class: a task class of the policy.
             risk_class: low, medium, high or critical.
             escalation_reason: why this task may use premium lanes up to planning
-                (de-escalation drops it after the planning stage).
-            run_id: an id of your own (default: generated).
+                (de-escalation drops it after the planning stage); one of the policy's
+                allowed reasons.
+            run_id: an id of your own (default: generated); letters, digits and
+                ``._:-``, as it names the run's trace file.
             variables: values for ``{name}`` placeholders in command verifiers.
-            chain: ``module:attr`` of the chain being run, recorded for replay.
+            chain: a name for the chain being run, recorded with the run (never
+                imported back by replay; name the code there).
         """
+        if run_id is not None and not RUN_ID_RE.match(run_id):
+            raise ConfigurationError(
+                f"Run id {run_id!r} may hold only letters, digits, '.', '_', ':' and '-' (at most 200), "
+                "as it names the run's trace file."
+            )
         return Run(
             self,
             task_class=task_class,
@@ -294,47 +331,16 @@ class Lanes:
 
     def models_for(self, lane: str) -> tuple[Model, ...]:
         """The lane's models in preference order, skipping those cooling down."""
-        now = time.monotonic()
-        return tuple(m for m in self.models.get(lane, ()) if self._cooling.get(id(m), 0.0) <= now)
-
-    def cool(self, model: Model) -> None:
-        self._cooling[id(model)] = time.monotonic() + self.cooldown
+        return self._models.available(lane, self.effects.now_ns())
 
     async def aclose(self) -> None:
-        """Close the store and the models."""
-        for seq in self.models.values():
+        """Close the store, the effects and the models."""
+        for seq in self._models.bound.values():
             for m in seq:
                 await m.aclose()
+        await self.effects.aclose()
         if self._store is not None:
             await self._store.aclose()
-
-
-class _Reroute(Exception):
-    def __init__(self, lane: str, why: str, remaining: float | None = None) -> None:
-        super().__init__(why)
-        self.lane = lane
-        self.why = why
-        self.remaining = remaining
-
-
-class _StageLog:
-    """Adds ``stage=`` to each event without structlog's per-stage ``bind`` (which costs
-    more than most of a stage's bookkeeping)."""
-
-    __slots__ = ("_log", "_stage")
-
-    def __init__(self, log: Any, stage: str) -> None:
-        self._log = log
-        self._stage = stage
-
-    def debug(self, event: str, **kw: Any) -> None:
-        self._log.debug(event, stage=self._stage, **kw)
-
-    def info(self, event: str, **kw: Any) -> None:
-        self._log.info(event, stage=self._stage, **kw)
-
-    def warning(self, event: str, **kw: Any) -> None:
-        self._log.warning(event, stage=self._stage, **kw)
 
 
 class LaneModel(Model):
@@ -351,7 +357,7 @@ class LaneModel(Model):
         return models[0].name if models else f"<{self._ctx.lane}>"
 
     async def request(self, messages: Sequence[Message], settings: ModelSettings) -> ModelResponse:
-        return await self._ctx.run._call(self._ctx, list(messages), settings)
+        return await call(self._ctx._engine, self._ctx, list(messages), settings)
 
 
 class StageContext:
@@ -364,11 +370,13 @@ class StageContext:
         decision: the router's decision for this attempt.
         attempt: 1 for the first attempt.
         feedback: the failing verifier results of the previous attempt.
+        model: the lane's model (``await ctx.model.request(messages, settings)``).
     """
 
     def __init__(
         self,
         run: Run,
+        engine: RunEngine,
         record: StageRecord,
         decision: RouteDecision,
         attempt: int,
@@ -376,6 +384,7 @@ class StageContext:
         max_tokens: int | None,
     ) -> None:
         self.run = run
+        self._engine = engine
         self.record = record
         self.name = record.name
         self.stage = record.stage
@@ -410,11 +419,56 @@ class StageContext:
         settings = ModelSettings(max_tokens=max_tokens or self.max_tokens or 1024, temperature=temperature)
         return await self.model.request(messages, settings)
 
+    async def tool(self, fn: Callable[[Any], Any], subject: Any, *, name: str | None = None) -> Any:
+        """Run a deterministic tool (sync or async ``fn(subject)``) as a recorded step of
+        this stage. Exact replay serves its result from the record instead of running it
+        again, so give tools JSON results (``name`` defaults to the function's)."""
+        if not callable(fn):
+            raise ConfigurationError(f"ctx.tool() needs a function, got {fn!r}.")
+        return await self._engine.run_tool(self.record, name or tool_name(fn), fn, subject)
+
     def record_evidence(self, name: str, value: Any) -> str:
         """Record a required-evidence item (stored as a keyed digest); returns the digest."""
-        digest = self.run.lanes.hasher.digest(value if isinstance(value, (str, bytes)) else repr(value))
+        digest = self._engine.config.hasher.digest(value if isinstance(value, (str, bytes)) else repr(value))
         self.record.evidence[name] = digest
         return digest
+
+
+def _is_async_callable(fn: Any) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - callable objects with an async __call__
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+_SIGNATURES: dict[tuple[Any, int, tuple[str, ...]], str | None] = {}
+
+
+def _argument_problem(fn: Any, nargs: int, keys: tuple[str, ...]) -> str | None:
+    """Why ``fn(ctx, *args, **kwargs)`` cannot be called with that many arguments, or
+    ``None`` (cached per function and call shape: the stage hot path pays a lookup)."""
+    # Closures made per call share their code object: key on it where there is one.
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    cache_key: Any = (code if code is not None else fn, nargs, keys)
+    try:
+        return _SIGNATURES[cache_key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable callable: check every time
+        cache_key = None
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):
+        problem = None
+    else:
+        try:
+            signature.bind(object(), *range(nargs), **dict.fromkeys(keys))
+            problem = None
+        except TypeError as exc:
+            problem = f"{exc} (its signature is {getattr(fn, '__name__', 'fn')}{signature})"
+    if cache_key is not None and len(_SIGNATURES) < 4096:
+        _SIGNATURES[cache_key] = problem
+    return problem
 
 
 class Run:
@@ -432,118 +486,122 @@ class Run:
         chain: str | None,
     ) -> None:
         self.lanes = lanes
-        self.run_id = run_id or f"run-{uuid.uuid4().hex[:20]}"
-        self.task_class = task_class
-        self.risk_class = risk_class
-        self.escalation_reason = escalation_reason
-        self.variables = {"python": sys.executable, **(variables or {})}
-        self.chain = chain
-        self.records: list[StageRecord] = []
-        self.receipts: list[Receipt] = []
-        self.status = "created"
-        self.output: Any = None
-        self.started_at = ""
-        self._planned = False
-        self._log = get_logger(run_id=self.run_id)
-        self._premium: dict[str, tuple[float, float] | None] = {}
-        self._steps: dict[str, int] = {}
-        self._step = 0
-        self._span: Any = trace.INVALID_SPAN
-        self._span_ctx: Any = None
-        self.trace_path: Path | None = None
-
-    # ------------------------------------------------------------------ lifecycle
-
-    async def __aenter__(self) -> Run:
-        self.lanes.router.check(task_class=self.task_class, risk_class=self.risk_class)
-        self.status = "running"
-        self.started_at = _now_iso()
-        telemetry = self.lanes.telemetry
-        self._span = telemetry.tracer.start_span(
-            f"invoke_workflow {self.chain or self.task_class}",
-            attributes=run_attributes(self.run_id, self.task_class, self.risk_class, self.chain),
+        self._state = RunState(
+            run_id=run_id or lanes.effects.new_id("run"),
+            task_class=task_class,
+            risk_class=risk_class,
+            escalation_reason=escalation_reason,
+            chain=chain,
+            variables={"python": sys.executable, **(variables or {})},
+            currency=lanes.currency,
         )
-        self._span_ctx = trace.set_span_in_context(self._span)
-        self.trace_path = telemetry.start_run(self.run_id, self._span)
-        await self.lanes.store.record_run(self._index_entry())
-        self._log.info("run.start", task_class=self.task_class, risk_class=self.risk_class)
-        return self
+        if lanes.record:
+            self._state.trace_path = trace_path(lanes.data_dir, self._state.run_id)
+        self._engine: RunEngine | None = None
 
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        self.status = (
-            "succeeded"
-            if exc is None
-            else ("cancelled" if isinstance(exc, anyio.get_cancelled_exc_class()) else "failed")
-        )
-        if self._span.is_recording():
-            self._span.set_attribute(A.RUN_STATUS, self.status)
-            self._span.set_attribute(A.COST_ACTUAL, float(from_micro(self.cost_micro)))
-            if exc is not None:
-                self._span.set_status(Status(StatusCode.ERROR))
-                self._span.set_attribute(A.ERROR_TYPE, type(exc).__name__)
-        self._span.end()
-        self.lanes.telemetry.end_run(self._span)
-        exporter = self.lanes.telemetry.exporter
-        if exporter is not None and exporter.dropped:
-            self._log.warning("telemetry.dropped_spans", dropped=exporter.dropped, exported=exporter.exported)
-        with anyio.CancelScope(shield=True):
-            await self.lanes.store.record_run({**self._index_entry(), "endedAt": _now_iso()})
-        self._log.info(
-            "run.end", status=self.status, cost=str(from_micro(self.cost_micro)), receipts=len(self.receipts)
-        )
+    # ------------------------------------------------------------------ state
 
-    def record_inputs(self, inputs: Mapping[str, Any]) -> None:
-        """Keep the run's inputs (the task, variables) for exact replay: the text goes to
-        the local content store, the trace holds only its digest."""
-        text = json.dumps(dict(inputs), sort_keys=True, ensure_ascii=False)
-        digest = self.lanes.hasher.digest(text)
-        store = self.lanes.content
-        if store is not None:
-            store.put(digest, text)
-        if self._span.is_recording():
-            self._span.set_attribute(A.RUN_INPUT_DIGEST, digest)
-            # A marker span that ends now: the first line of the local trace, so that a
-            # run cut short by a kill still says what it was given and which chain ran.
-            marker = self.lanes.telemetry.tracer.start_span(
-                "agentlanes.run.inputs",
-                context=self._span_ctx,
-                attributes={
-                    **run_attributes(self.run_id, self.task_class, self.risk_class, self.chain),
-                    A.RUN_INPUT_DIGEST: digest,
-                },
-            )
-            marker.end()
+    @property
+    def run_id(self) -> str:
+        return self._state.run_id
 
-    def _index_entry(self) -> dict[str, Any]:
-        return {
-            "runId": self.run_id,
-            "startedAt": self.started_at,
-            "taskClass": self.task_class,
-            "riskClass": self.risk_class,
-            "status": self.status,
-            "cost": str(from_micro(self.cost_micro)),
-            "currency": self.lanes.currency,
-            "chain": self.chain,
-            "receipts": len(self.receipts),
-            "tracePath": str(self.trace_path) if self.trace_path else None,
-        }
+    @property
+    def task_class(self) -> str:
+        return self._state.task_class
+
+    @property
+    def risk_class(self) -> str:
+        return self._state.risk_class
+
+    @property
+    def escalation_reason(self) -> str | None:
+        return self._state.escalation_reason
+
+    @property
+    def variables(self) -> dict[str, str]:
+        return self._state.variables
+
+    @property
+    def chain(self) -> str | None:
+        return self._state.chain
+
+    @property
+    def status(self) -> str:
+        """``created``, ``running``, ``succeeded``, ``failed`` or ``cancelled``."""
+        return self._state.status
+
+    @property
+    def records(self) -> list[StageRecord]:
+        """Every stage record so far, in the order stages started."""
+        return self._state.records
+
+    @property
+    def receipts(self) -> list[Receipt]:
+        return self._state.receipts
+
+    @property
+    def trace_path(self) -> Path | None:
+        """The run's local record (``None`` with ``Lanes(record=False)``)."""
+        return self._state.trace_path
+
+    @property
+    def output(self) -> Any:
+        """The run's output, when the code sets it (recorded as a digest, and compared
+        by exact replay)."""
+        return self._state.output
+
+    @output.setter
+    def output(self, value: Any) -> None:
+        self._state.output = value
 
     @property
     def cost_micro(self) -> int:
-        return sum(r.cost for r in self.records)
+        return self._state.cost_micro
 
     @property
     def result(self) -> RunResult:
         """The run as it stands (final once the ``async with`` block has exited)."""
-        return RunResult(
-            self.run_id,
-            self.status,
-            self.output,
-            tuple(self.records),
-            tuple(self.receipts),
-            self.cost_micro,
-            self.lanes.currency,
+        return self._state.result()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def __aenter__(self) -> Run:
+        if self._engine is not None:
+            raise ConfigurationError(f"Run {self.run_id} was already entered; start another with lanes.run(...).")
+        lanes = self.lanes
+        self._engine = RunEngine(
+            self._state,
+            lanes.config,
+            lanes.effects,
+            lanes._models,
+            lanes.processors(),
+            lambda engine, record, decision, attempt, feedback, max_tokens: StageContext(
+                self, engine, record, decision, attempt, feedback, max_tokens
+            ),
         )
+        await self._engine.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        assert self._engine is not None
+        await self._engine.end(exc)
+
+    def record_inputs(self, inputs: Mapping[str, Any]) -> str:
+        """Keep the run's inputs (the task, variables) for exact replay: the text goes to
+        the local content store, the trace holds only its digest. Returns the digest."""
+        return self._running("record_inputs()").record_inputs(inputs)
+
+    def _running(self, what: str) -> RunEngine:
+        engine = self._engine
+        if engine is None or self._state.status != "running":
+            when = "before" if engine is None else "after"
+            raise ConfigurationError(
+                f"run.{what} was called {when} `async with lanes.run(...) as run:`; stages run inside that "
+                "block (nothing was routed, spent or signed)."
+            )
+        return engine
 
     # ------------------------------------------------------------------ stages
 
@@ -573,7 +631,7 @@ class Run:
         deterministic: bool = False,
         escalation_reason: str | None = None,
         requested_lane: str | None = None,
-        verify: Sequence[Verifier] = (),
+        verify: Sequence[Verifier] | Verifier = (),
         tool: Callable[[Any], Any] | None = None,
         max_tokens: int | None = None,
         evidence: Mapping[str, Any] | None = None,
@@ -589,7 +647,7 @@ class Run:
             deterministic: the step is deterministic code (tests, tools): it routes to
                 ``no-model`` for verification / tool-use / retrieval stages.
             escalation_reason: this stage's own escalation reason (after planning the
-                run's reason no longer applies).
+                run's reason no longer applies); one of the policy's allowed reasons.
             requested_lane: a lane to ask for (never used silently above the router's).
             verify: verifiers for the output; failures retry the stage with feedback
                 and escalate after repeated standard-lane failure.
@@ -597,654 +655,83 @@ class Run:
                 ``tool-use`` stage on ``no-model``), e.g. writing a patch to disk.
             max_tokens: default ``max_tokens`` for the stage's model calls.
             evidence: required-evidence items known up front.
+            parent: run as a sub-stage of the running stage of that name.
             risk_class: this stage's own risk class, when it differs from the run's
                 (a summary is a low-risk chore even in a medium-risk task).
         """
+        engine = self._running(f"stage({stage!r}, ...)")
         kwargs = dict(kwargs or {})
-        record = StageRecord(name=name or stage, stage=stage, started=time.perf_counter(), parent=parent)
+        verifiers = self._check_stage(stage, fn, args, kwargs, verify, tool, escalation_reason, engine)
+        parent_record = None
         if parent is not None:
-            self._adopt(record, parent)
-        self.records.append(record)
-        log = _StageLog(self._log, record.name)
-        own_reason = escalation_reason
-        in_force = own_reason or (
-            self.escalation_reason if not (self._planned and self.lanes.deescalate_after_plan) else None
+            parent_record = engine.find_parent(parent)
+            if parent_record is None:
+                raise ConfigurationError(f"parent={parent!r} names no stage that is running in run {self.run_id}.")
+        return await engine.stage(
+            stage,
+            fn,
+            args,
+            kwargs,
+            name=name,
+            deterministic=deterministic,
+            escalation_reason=escalation_reason,
+            requested_lane=requested_lane,
+            verify=verifiers,
+            tool=tool,
+            max_tokens=max_tokens,
+            evidence=evidence,
+            parent=parent_record,
+            risk_class=risk_class,
         )
-        excluded: tuple[tuple[str, str], ...] = ()
-        feedback: list[VerifierResult] = []
-        pending: tuple[str | None, str, list[str]] | None = None  # escalation awaiting its receipt
-        escalated = False
-        standard_failures = 0
-        lane_attempts = 0
-        ctx: StageContext | None = None
-        try:
-            while True:
-                decision = await self._decide(
-                    stage,
-                    deterministic=deterministic,
-                    reason=in_force,
-                    excluded=excluded,
-                    requested_lane=requested_lane,
-                    risk_class=risk_class,
-                )
-                record.decisions.append(decision)
-                log.debug(
-                    "stage.routed",
-                    lane=decision.lane,
-                    status=decision.status,
-                    reason=decision.reason,
-                    decision_id=decision.decision_id,
-                    estimated_cost=decision.estimated_cost,
-                )
-                if not decision.admitted:
-                    raise RouteDeferred(decision, run_id=self.run_id, stage=record.name)
-                assert decision.lane is not None
-                if pending is not None or decision.lane in PREMIUM_LANES:
-                    from_lane, why, refs = pending or (self._default_lane(stage), in_force or "", [])
-                    await self._receipt(record, decision, from_lane=from_lane, reason=why, evidence_refs=refs)
-                    pending = None
-                record.attempts += 1
-                lane_attempts += 1
-                ctx = StageContext(self, record, decision, record.attempts, feedback, max_tokens)
-                failed: list[VerifierResult]
-                try:
-                    output = await fn(ctx, *args, **kwargs)
-                    if tool is not None:
-                        await self._tool(record, tool, output)
-                    results = await self._verify_output(record, output, verify) if verify else []
-                    failed = [r for r in results if not r.passed]
-                except RetryStage as signal:
-                    failed = [
-                        VerifierResult("retry", False, "signal", "the stage asked to retry", output=signal.feedback)
-                    ]
-                except Escalate as signal:
-                    lane = ctx.lane or decision.lane
-                    excluded = self._exclude_up_to(lane, f"escalated-from:{lane}")
-                    in_force = signal.reason
-                    pending = (lane, signal.reason, [])
-                    lane_attempts = 0
-                    log.info("stage.escalating", from_lane=lane, reason=signal.reason)
-                    continue
-                if not failed:
-                    record.status = "succeeded"
-                    record.output_digest = self.lanes.hasher.digest(output if isinstance(output, str) else repr(output))
-                    if stage == "planning":
-                        self._planned = True
-                        record.evidence.setdefault("plan", record.output_digest)
-                    self._finish_evidence(record, evidence, in_force)
-                    # One info event per stage: routing and call details are debug events.
-                    log.info(
-                        "stage.succeeded",
-                        lane=ctx.lane,
-                        decision_id=ctx.decision.decision_id,
-                        reason=ctx.decision.reason,
-                        attempts=record.attempts,
-                        calls=len(record.calls),
-                        cost=str(from_micro(record.cost)),
-                    )
-                    return output
-                feedback = failed
-                lane = ctx.lane or decision.lane
-                log.info("stage.attempt_failed", lane=lane, attempt=record.attempts, failed=[r.name for r in failed])
-                if lane == "standard":
-                    standard_failures += 1
-                if not escalated and lane == "standard" and standard_failures >= self.lanes.threshold:
-                    escalated = True
-                    in_force = "repeated-standard-lane-failure"
-                    excluded = self._exclude_up_to("standard", "escalated-from:standard")
-                    refs = [
-                        self.lanes.hasher.digest(f"{r.name}|{r.summary}|{r.output}")
-                        for batch in record.verifications[-self.lanes.threshold :]
-                        for r in batch
-                        if not r.passed
-                    ]
-                    pending = ("standard", in_force, refs)
-                    lane_attempts = 0
-                    continue
-                if escalated or lane_attempts >= self.lanes.threshold:
-                    raise VerificationFailed(
-                        f"Stage {record.name!r} failed verification on {record.attempts} attempt(s) "
-                        f"(last lane {lane}): {'; '.join(r.summary for r in failed)}.",
-                        evidence=failed,
-                        attempts=record.attempts,
-                        run_id=self.run_id,
-                        stage=record.name,
-                    )
-        except BaseException as exc:
-            record.status = "failed" if not isinstance(exc, anyio.get_cancelled_exc_class()) else "cancelled"
-            record.error = type(exc).__name__
-            if record.status == "failed":
-                log.warning("stage.failed", error=type(exc).__name__)
-            raise
-        finally:
-            record.ended = time.perf_counter()
-            self._observe(record)
 
-    def _adopt(self, child: StageRecord, parent_name: str) -> None:
-        """Attach a sub-stage to its parent: the latest still-running stage of that name."""
-        for record in reversed(self.records):
-            if record.name == parent_name and record.status == "running":
-                record.children.append(child)
-                return
-
-    def _observe(self, record: StageRecord) -> None:
-        if record.parent is None and self._span.is_recording():
-            emit_stage(self, record, self._span_ctx)
-        if self.lanes.observer is not None:
-            self.lanes.observer(record)
+    def _check_stage(
+        self,
+        stage: str,
+        fn: Any,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any],
+        verify: Sequence[Verifier] | Verifier,
+        tool: Any,
+        escalation_reason: str | None,
+        engine: RunEngine,
+    ) -> tuple[Verifier, ...]:
+        """Misuse fails loudly, before anything is routed, spent or signed."""
+        where = f"Stage {stage!r}"
+        if not isinstance(stage, str):
+            raise ConfigurationError(f"The stage must be a chain stage name such as 'planning', got {stage!r}.")
+        if not callable(fn):
+            raise ConfigurationError(f"{where}: the stage function must be an async function, got {fn!r}.")
+        if not _is_async_callable(fn) and getattr(fn, "__name__", None) != "<lambda>":
+            raise ConfigurationError(
+                f"{where}: {getattr(fn, '__qualname__', fn)!r} is a plain function; a stage function must be "
+                f"`async def {getattr(fn, '__name__', 'step')}(ctx, ...)` (it awaits the lane's model)."
+            )
+        problem = _argument_problem(fn, len(args), tuple(kwargs))
+        if problem is not None:
+            raise ConfigurationError(
+                f"{where}: {getattr(fn, '__qualname__', fn)!r} cannot be called with the stage context plus "
+                f"{len(args)} positional and {len(kwargs)} keyword argument(s): {problem}. Pass exactly what it "
+                "takes after ctx."
+            )
+        verifiers = (verify,) if isinstance(verify, Verifier) else tuple(verify)
+        for v in verifiers:
+            if not isinstance(v, Verifier):
+                raise ConfigurationError(
+                    f"{where}: verify=[...] holds {v!r}, which is not a Verifier; wrap a function in "
+                    "CallableVerifier(fn), a command in CommandVerifier([...])."
+                )
+        if tool is not None and not callable(tool):
+            raise ConfigurationError(f"{where}: tool= must be a function applied to the output, got {tool!r}.")
+        engine.config.check_reason(escalation_reason, where)
+        return verifiers
 
     async def verify(self, subject: Any, verifiers: Sequence[Verifier], *, name: str = "verification") -> bool:
         """Run verifiers as a ``verification`` stage of their own; True when all pass."""
-        record = StageRecord(name=name, stage="verification", started=time.perf_counter())
-        self.records.append(record)
-        try:
-            results = await self._verify_output(record, subject, verifiers, own_record=record)
-        finally:
-            record.ended = time.perf_counter()
-            self._observe(record)
-        return all(r.passed for r in results)
-
-    # ------------------------------------------------------------------ internals
-
-    def _default_lane(self, stage: str) -> str | None:
-        return self.lanes.router.stage_default_lane(stage)
-
-    @staticmethod
-    def _exclude_up_to(lane: str, why: str) -> tuple[tuple[str, str], ...]:
-        return tuple((name, why) for name, rank in RANK.items() if rank <= RANK[lane] and name != "no-model")
-
-    async def _decide(
-        self,
-        stage: str,
-        *,
-        deterministic: bool,
-        reason: str | None,
-        excluded: tuple[tuple[str, str], ...],
-        requested_lane: str | None,
-        ledger_remaining: float | None = None,
-        risk_class: str | None = None,
-    ) -> RouteDecision:
-        replay = self.lanes.replay
-        if replay is not None:
-            # the signals and budget this decision saw in the recorded run
-            signals, remaining, premium = replay.decision_inputs()
-        else:
-            signals = await self.lanes.signals.snapshot()
-            remaining, premium = await self.lanes.ledger.headroom(self.run_id, "task")
-            if ledger_remaining is not None:
-                remaining = min(remaining, ledger_remaining)
-        # Built by the runtime from checked values: no need to validate it again.
-        request = RouteRequest.trusted(
-            task_class=self.task_class,
-            stage=stage,
-            risk_class=risk_class or self.risk_class,
-            escalation_reason=reason,
-            requested_lane=requested_lane,
-            signals=signals,
-            deterministic=deterministic,
-            excluded_lanes=excluded,
-            budget_window="task",
-            budget_remaining=remaining,
-        )
-        decision = self.lanes.router.decide(request, premium_remaining=premium)
-        self._premium[decision.decision_id] = premium
-        self._steps[decision.decision_id] = self._next_step()
-        if replay is not None:
-            replay.check_decision(decision)
-        return decision
-
-    def _next_step(self) -> int:
-        """Order of the run's recorded steps (decisions, calls, verifier results,
-        escalations): what exact replay follows."""
-        self._step += 1
-        return self._step
-
-    def _finish_evidence(self, record: StageRecord, given: Mapping[str, Any] | None, reason: str | None) -> None:
-        """Record the given evidence, fill the stage's required items that the runtime
-        knows itself, and report what is still missing."""
-        hasher = self.lanes.hasher
-        for key, value in (given or {}).items():
-            record.evidence.setdefault(key, hasher.digest(value if isinstance(value, str) else repr(value)))
-        required = self.lanes.required_evidence.get(record.stage, ())
-        missing = []
-        for item in required:
-            if item in record.evidence:
-                continue
-            value = self._known_evidence(item, record, reason)
-            if value is None:
-                missing.append(item)
-            else:
-                record.evidence[item] = hasher.digest(value)
-        record.missing_evidence = missing
-        if missing:
-            self._log.warning("evidence.missing", stage=record.name, missing=missing)
-
-    def _known_evidence(self, item: str, record: StageRecord, reason: str | None) -> str | None:
-        """The value of a required-evidence item the runtime knows without being told."""
-        decisions = record.decisions
-        if item == "taskClass":
-            return self.task_class
-        if item == "riskClass":
-            return self.risk_class
-        if item == "escalationReasonIfAny":
-            return reason or "none"
-        if item == "status":
-            return record.status
-        if decisions and item in ("initialLane", "routingReason", "reviewLane", "policyDecision"):
-            first, last = decisions[0], decisions[-1]
-            return {
-                "initialLane": first.lane or "",
-                "routingReason": last.reason,
-                "reviewLane": last.lane or "",
-                "policyDecision": last.decision_id,
-            }[item]
-        if item in ("tests", "linters") and record.verifications:
-            return ",".join(sorted({r.name for batch in record.verifications for r in batch}))
-        return None
-
-    async def _receipt(
-        self,
-        record: StageRecord,
-        decision: RouteDecision,
-        *,
-        from_lane: str | None,
-        reason: str,
-        evidence_refs: Sequence[str],
-    ) -> Receipt:
-        assert decision.lane is not None
-        approval: Approval | None = None
-        if self.lanes.human_justification.get(self.task_class, False):
-            approver = self.lanes.approver
-            request = ApprovalRequest(
-                self.run_id,
-                record.name,
-                self.task_class,
-                self.risk_class,
-                from_lane or "none",
-                decision.lane,
-                reason,
-                decision.decision_id,
-                decision.estimated_cost or 0.0,
-            )
-            if self.lanes.replay is not None:
-                approval = self.lanes.replay.serve_approval()
-            else:
-                approval = await approver(request) if approver is not None else None
-            if approval is None or not approval.approved:
-                who = None if approval is None else approval.approver
-                raise EscalationDenied(
-                    f"Escalating stage {record.name!r} to {decision.lane} needs a human justification for task "
-                    f"class {self.task_class!r}, and "
-                    + ("no approver is configured (Lanes(approver=...))." if approval is None else f"{who} denied it."),
-                    decision=decision,
-                    approver=who,
-                    run_id=self.run_id,
-                    stage=record.name,
-                )
-        body = receipt_body(
-            run_id=self.run_id,
-            stage=record.name,
-            task_class=self.task_class,
-            risk_class=self.risk_class,
-            from_lane=from_lane,
-            to_lane=decision.lane,
-            reason=reason,
-            decision_id=decision.decision_id,
-            evidence_refs=evidence_refs,
-            approver=None if approval is None else approval.approver,
-            justification_digest=None if approval is None else self.lanes.hasher.digest(approval.justification),
-            created_at=_now_iso(),
-        )
-        with anyio.CancelScope(shield=True):
-            stored = await self.lanes.store.append_receipt(self.run_id, body, self.lanes.signer.seal)
-        receipt = Receipt.from_text(stored.text)
-        self._steps[receipt.receipt_id] = self._next_step()
-        if self.lanes.replay is not None:
-            self.lanes.replay.check_escalation(from_lane, decision.lane, reason, decision.decision_id)
-        record.receipts.append(receipt)
-        self.receipts.append(receipt)
-        self._log.info(
-            "stage.escalated",
-            stage=record.name,
-            from_lane=from_lane,
-            to_lane=decision.lane,
-            reason=reason,
-            receipt=receipt.receipt_id,
-            digest=receipt.digest,
-        )
-        return receipt
-
-    async def _tool(self, parent: StageRecord, tool: Callable[[Any], Any], output: Any) -> None:
-        record = StageRecord(
-            name=f"{parent.name}.tool", stage="tool-use", started=time.perf_counter(), parent=parent.name
-        )
-        parent.children.append(record)
-        self.records.append(record)
-        try:
-            decision = await self._decide("tool-use", deterministic=True, reason=None, excluded=(), requested_lane=None)
-            record.decisions.append(decision)
-            if decision.lane != "no-model":
-                raise RouteDeferred(decision, run_id=self.run_id, stage=record.name)
-            out = tool(output)
-            if hasattr(out, "__await__"):
-                await out
-            record.attempts = 1
-            record.status = "succeeded"
-            record.evidence["toolName"] = self.lanes.hasher.digest(getattr(tool, "__name__", "tool"))
-            self._finish_evidence(record, {"actionClass": "write", "policyDecision": decision.decision_id}, None)
-        except BaseException:
-            record.status = "failed"
-            raise
-        finally:
-            record.ended = time.perf_counter()
-            self._observe(record)
-
-    async def _verify_output(
-        self, parent: StageRecord, output: Any, verifiers: Sequence[Verifier], own_record: StageRecord | None = None
-    ) -> list[VerifierResult]:
-        deterministic = [v for v in verifiers if v.deterministic]
-        judges = [v for v in verifiers if not v.deterministic]
-        record = own_record or StageRecord(
-            name=f"{parent.name}.verify", stage="verification", started=time.perf_counter(), parent=parent.name
-        )
-        if own_record is None:
-            parent.children.append(record)
-        if own_record is None:
-            self.records.append(record)
-        results: list[VerifierResult] = []
-        try:
-            if deterministic:
-                decision = await self._decide(
-                    "verification", deterministic=True, reason=None, excluded=(), requested_lane=None
-                )
-                record.decisions.append(decision)
-                if decision.lane != "no-model":
-                    raise RouteDeferred(decision, run_id=self.run_id, stage=record.name)
-                context = VerifyContext(self.lanes.max_log_lines, self.variables)
-                for v in deterministic:
-                    step = self._next_step()
-                    if self.lanes.replay is not None:
-                        result = self.lanes.replay.serve_verifier(v.name)
-                    else:
-                        result = await v.verify(output, context)
-                    results.append(result)
-                    record.result_steps.append(step)
-                    self._log.debug(
-                        "verifier.result",
-                        stage=record.name,
-                        verifier=v.name,
-                        passed=results[-1].passed,
-                        exit_status=results[-1].exit_status,
-                    )
-            else:
-                # Model judgment only where no deterministic verifier can decide.
-                for judge in judges:
-                    assert isinstance(judge, ModelVerifier)
-                    results.append(await self._judge(record, judge, output))
-            record.attempts += 1
-            record.verifications.append(results)
-            if parent is not record:
-                parent.verifications.append(results)
-            record.status = "succeeded" if all(r.passed for r in results) else "failed"
-            self._finish_evidence(record, {"status": record.status}, None)
-        finally:
-            record.ended = time.perf_counter()
-            if own_record is None:
-                self._observe(record)
-        return results
-
-    async def _judge(self, parent: StageRecord, judge: ModelVerifier, output: Any) -> VerifierResult:
-        async def ask(ctx: StageContext) -> VerifierResult:
-            reply = await ctx.complete(
-                f"{judge.instructions}\n\nAnswer PASS or FAIL on the first line, then one line of reasons.\n\n"
-                f"---\n{output}",
-                max_tokens=200,
-            )
-            verdict = reply.text.strip().upper().startswith("PASS")
-            first_line = reply.text.strip().splitlines()[0][:200] if reply.text.strip() else ""
-            return VerifierResult(
-                judge.name, verdict, "model", f"model judged {'PASS' if verdict else 'FAIL'}", output=first_line
-            )
-
-        return await self.stage_with(judge.stage, ask, name=f"{parent.name}.judge", parent=parent.name)
-
-    # ------------------------------------------------------------------ model calls
-
-    async def _call(self, ctx: StageContext, messages: list[Message], settings: ModelSettings) -> ModelResponse:
-        lanes = self.lanes
-        tried: list[tuple[str, str]] = []
-        last_error: BaseException | None = None
-        while True:
-            lane = ctx.lane
-            if lane is None or lane == "no-model":
+        engine = self._running("verify(...)")
+        checked = (verifiers,) if isinstance(verifiers, Verifier) else tuple(verifiers)
+        for v in checked:
+            if not isinstance(v, Verifier):
                 raise ConfigurationError(
-                    f"Stage {ctx.name!r} runs on the no-model lane (deterministic code); it cannot call a model. "
-                    "Route it without deterministic=True, or do the work in code."
+                    f"run.verify() got {v!r}, which is not a Verifier; wrap a function in CallableVerifier(fn)."
                 )
-            models = lanes.models_for(lane)
-            if not lanes.models.get(lane):
-                raise ConfigurationError(
-                    f"Stage {ctx.name!r} was routed to lane {lane!r}, but no model is bound to it "
-                    f"(bound lanes: {', '.join(lanes.models) or 'none'}); add one in Lanes(models={{...}})."
-                )
-            try:
-                for model in models:
-                    try:
-                        return await self._call_model(ctx, model, messages, settings)
-                    except ModelError as exc:
-                        last_error = exc
-                        lanes.cool(model)
-                        self._log.warning(
-                            "model.cooldown", stage=ctx.name, lane=lane, model=model.name, seconds=lanes.cooldown
-                        )
-                raise _Reroute(lane, "provider-unavailable")
-            except _Reroute as signal:
-                tried.append((signal.lane, signal.why))
-                decision = await self._decide(
-                    ctx.stage,
-                    deterministic=False,
-                    reason=ctx.decision.request.escalation_reason,
-                    excluded=(*ctx.decision.request.excluded_lanes, *tried),
-                    requested_lane=None,
-                    ledger_remaining=signal.remaining,
-                    risk_class=ctx.decision.request.risk_class,
-                )
-                old_cost = ctx.decision.estimated_cost or 0.0
-                if (
-                    not decision.admitted
-                    or decision.lane is None
-                    or decision.estimated_cost is None
-                    or decision.estimated_cost > old_cost
-                    # a premium lane needs an escalation with a receipt, never a fallback
-                    or decision.lane in PREMIUM_LANES
-                ):
-                    if signal.why == "budget-pressure":
-                        refusal = Refusal("task", self.run_id, "cap", to_micro(signal.remaining or 0))
-                        raise BudgetExhausted(
-                            f"Stage {ctx.name!r}: the budget cannot hold a call on {signal.lane} and no cheaper "
-                            "lane is feasible.",
-                            refusal=refusal,
-                            run_id=self.run_id,
-                            stage=ctx.name,
-                        ) from None
-                    raise ModelError(
-                        f"Stage {ctx.name!r}: every model on lane {signal.lane} failed, and no feasible lane that "
-                        f"is not dearer remains (never a silent upgrade).",
-                        run_id=self.run_id,
-                        stage=ctx.name,
-                    ) from last_error
-                ctx.record.decisions.append(decision)
-                ctx.decision = decision
-                self._log.info(
-                    "stage.fallback",
-                    stage=ctx.name,
-                    from_lane=signal.lane,
-                    to_lane=decision.lane,
-                    why=signal.why,
-                    decision_id=decision.decision_id,
-                )
-
-    async def _call_model(
-        self, ctx: StageContext, model: Model, messages: list[Message], settings: ModelSettings
-    ) -> ModelResponse:
-        policy = self.lanes.retry
-
-        def backoff(attempt_number: int, exc: BaseException | None) -> float:
-            wait = min(policy.max_wait, policy.initial_wait * 2 ** (attempt_number - 1))
-            asked = getattr(exc, "retry_after", None)
-            return float(min(policy.max_wait, max(wait, asked))) if asked is not None else wait
-
-        def fail(exc: ProviderError, attempts: int) -> ModelError:
-            return ModelError(
-                f"Stage {ctx.name!r}: {model.provider}/{model.name} failed: {exc} (after {attempts} attempt(s)).",
-                run_id=self.run_id,
-                stage=ctx.name,
-            )
-
-        started = time.monotonic()
-        # The first attempt runs directly: tenacity's machinery is only built once a
-        # retryable failure has happened (it is most of a stage's overhead otherwise).
-        try:
-            return await self._attempt(ctx, model, messages, settings, 1)
-        except ProviderError as exc:
-            if not exc.retryable or policy.attempts <= 1:
-                raise fail(exc, 1) from exc
-            first = exc
-        await anyio.sleep(backoff(1, first))
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(policy.attempts - 1)
-            | stop_after_delay(max(0.0, policy.max_delay - (time.monotonic() - started))),
-            wait=lambda state: backoff(state.attempt_number + 1, state.outcome.exception() if state.outcome else None),
-            retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and e.retryable),
-            sleep=anyio.sleep,
-            reraise=True,
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    return await self._attempt(ctx, model, messages, settings, attempt.retry_state.attempt_number + 1)
-        except ProviderError as exc:
-            raise fail(exc, 1 + int(retrying.statistics.get("attempt_number", 1))) from exc
-        raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
-
-    async def _attempt(
-        self, ctx: StageContext, model: Model, messages: list[Message], settings: ModelSettings, number: int
-    ) -> ModelResponse:
-        lanes = self.lanes
-        lane = ctx.lane
-        assert lane is not None
-        est_in = sum(estimate_tokens(m.content) for m in messages)
-        estimate = to_micro(lanes.router.call_cost(lane, input_tokens=est_in, output_tokens=settings.max_tokens))
-        # A reservation made must be seen, to be released: shield it (unless the store
-        # cannot be interrupted halfway anyway).
-        with anyio.CancelScope(shield=not lanes.store.cancel_safe):
-            held = await lanes.ledger.reserve(self.run_id, lane, estimate)
-        if isinstance(held, Refusal):
-            self._log.warning(
-                "budget.refused",
-                stage=ctx.name,
-                lane=lane,
-                window=held.window,
-                why=held.reason,
-                available=held.available,
-                estimate=estimate,
-            )
-            if lanes.on_budget_pressure == "downgrade":
-                raise _Reroute(lane, "budget-pressure", float(from_micro(held.available)))
-            raise BudgetExhausted(
-                f"Stage {ctx.name!r}: the {held.window} budget window cannot hold a call on {lane} "
-                f"({held.reason}; {from_micro(held.available)} left, {from_micro(estimate)} needed) and the "
-                f"optimizer says {lanes.on_budget_pressure}.",
-                refusal=held,
-                run_id=self.run_id,
-                stage=ctx.name,
-            )
-        reservation: Reservation = held
-        prompt_text = "\n".join(f"{m.role}:{m.content}" for m in messages)  # digest and stored body
-        call = CallRecord(
-            lane,
-            model.name,
-            model.provider,
-            number,
-            estimate,
-            0,
-            None,
-            False,
-            0.0,
-            prompt_digest=lanes.hasher.digest(prompt_text),
-        )
-        call.max_tokens = settings.max_tokens
-        call.started_ns = time.time_ns()
-        telemetry = lanes.telemetry
-        if telemetry.capture_content:
-            call.prompt_text = json.dumps(
-                [{"role": m.role, "content": m.content} for m in messages], ensure_ascii=False
-            )
-        if lanes.content is not None:
-            lanes.content.put(call.prompt_digest or "", prompt_text)
-        ctx.record.calls.append(call)
-        started = time.perf_counter()
-        timeout = settings.timeout or lanes.call_timeout
-        try:
-            call.step = self._next_step()
-            with anyio.fail_after(timeout):
-                if lanes.replay is not None:
-                    response = lanes.replay.serve_call(lane, call.prompt_digest or "")
-                else:
-                    response = await model.request(messages, settings)
-        except BaseException as exc:
-            call.duration = time.perf_counter() - started
-            usage = getattr(exc, "usage", None)
-            with anyio.CancelScope(shield=not lanes.store.cancel_safe):
-                if isinstance(usage, Usage):
-                    call.charged = await lanes.ledger.settle(reservation, self._price(lane, usage))
-                else:
-                    await lanes.ledger.release(reservation)
-            call.error = type(exc).__name__
-            call.status = getattr(exc, "status", None)
-            call.retryable = bool(getattr(exc, "retryable", False))
-            if not isinstance(exc, anyio.get_cancelled_exc_class()):
-                lanes.stats.record(model.provider, False, call.duration * 1000)
-                self._log.warning(
-                    "model.call_failed",
-                    stage=ctx.name,
-                    lane=lane,
-                    model=model.name,
-                    attempt=number,
-                    error=type(exc).__name__,
-                    status=call.status,
-                )
-            if isinstance(exc, TimeoutError):
-                raise ProviderError(f"{model.provider}: no answer within {timeout:g}s", retryable=True) from exc
-            raise
-        call.duration = time.perf_counter() - started
-        actual = self._price(lane, response.usage)
-        with anyio.CancelScope(shield=not lanes.store.cancel_safe):
-            call.charged = await lanes.ledger.settle(reservation, actual)
-        call.ok = True
-        call.usage = response.usage
-        call.usage_estimated = response.usage_estimated
-        call.response_model = response.model_name
-        call.output_digest = lanes.hasher.digest(response.text)
-        if telemetry.capture_content:
-            call.output_text = response.text
-        if lanes.content is not None:
-            lanes.content.put(call.output_digest, response.text)
-        lanes.stats.record(model.provider, True, call.duration * 1000)
-        self._log.debug(
-            "model.call",
-            stage=ctx.name,
-            lane=lane,
-            model=model.name,
-            attempt=number,
-            input_tokens=response.usage.input_tokens,
-            output_tokens=response.usage.output_tokens,
-            reserved=estimate,
-            charged=call.charged,
-        )
-        return response
-
-    def _price(self, lane: str, usage: Usage) -> int:
-        return to_micro(
-            self.lanes.router.call_cost(lane, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens)
-        )
+        return await engine.verify_stage(subject, checked, name)

@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 
 import anyio
 
+from agentlanes.events import CallEnded
 from agentlanes.signals import SignalSnapshot
 
 __all__ = ["CallableSignals", "LiveSignals", "ProviderStats", "SignalSource", "StaticSignals"]
@@ -89,6 +90,13 @@ class ProviderStats:
         if calls is None:
             calls = self._calls[provider] = deque(maxlen=self.window)
         calls.append((ok, latency_ms))
+
+    def on_event(self, event: Any) -> None:
+        """A run processor: every model call that ended (cancellations aside) counts."""
+        if type(event) is CallEnded:
+            call = event.call
+            if call.error != anyio.get_cancelled_exc_class().__name__:
+                self.record(call.provider, call.ok, call.duration * 1000)
 
     def error_rate(self, provider: str | None = None) -> float:
         """Failed share of recent calls (of one provider, or of all); 0 with no calls."""

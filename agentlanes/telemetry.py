@@ -1,45 +1,71 @@
-"""OpenTelemetry spans, and the durable local trace every run leaves.
+"""OpenTelemetry spans, and the durable local record every run leaves.
+
+:class:`TraceProcessor` is a run processor (see :mod:`agentlanes.events`) with two
+independent outputs:
+
+* **spans** (``Lanes(tracing=True)``, the default): to the application's
+  TracerProvider when it has one, else a private one (and over OTLP/HTTP with
+  ``otlp_endpoint``);
+* **the local record** (``Lanes(record=True)``, the default): the run's trace file,
+  ``<data-dir>/traces/<run-id>.otlp.jsonl`` (see :mod:`agentlanes.tracefile`), and the
+  bodies exact replay needs (prompts, outputs, verifier and tool results, the run's
+  inputs) in the local content store, named by their keyed digests.
+
+With both on, the trace file holds exactly the spans that were emitted (same ids);
+with spans off, the record is written all the same, with ids of its own. Only
+agentlanes' own spans are ever written to the local trace.
 
 Spans follow the GenAI semantic conventions (names in :mod:`agentlanes.attributes`):
 ``invoke_workflow {name}`` per run, one span per stage (``agentlanes.stage {name}``),
 ``chat {model}`` per model call, ``execute_tool {name}`` per deterministic verifier or
-tool, verifier outcomes as ``gen_ai.evaluation.result`` events and escalations as
-``agentlanes.escalation`` events with the receipt's id and digest.
+tool, verifier outcomes as ``gen_ai.evaluation.result`` events, escalations as
+``agentlanes.escalation`` events with the receipt's id and digest. A stage's spans are
+emitted when it ends, with their real start and end times.
 
 **Privacy.** Content (prompts, outputs, tool output, error texts) is recorded as keyed
 digests, never as text, unless content capture is on: ``Lanes(capture_content=True)``,
 or ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true`` when the code says nothing.
-
-**The local trace.** Every span of a run is appended, as it ends, to
-``<data-dir>/traces/<run-id>.otlp.jsonl``: one ``ExportTraceServiceRequest`` per line in
-OTLP/JSON (the official protobuf encoder; hex ids, as the Collector's file exporter
-writes them), flushed, so after a kill -9 everything up to the last finished span can be
-read (a torn last line is ignored by :func:`read_trace`). The local trace never depends
-on an exporter. With an application TracerProvider configured, agentlanes uses it and
-adds its trace writer to it (the writer only records agentlanes runs' traces).
-
-Schema versions of the trace (``agentlanes.trace.schema`` on the run span):
-``agentlanes.trace/1``: first version.
+The bodies in the content store never leave the machine.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from agentlanes import attributes as A
 from agentlanes.content import ContentStore
 from agentlanes.errors import ConfigurationError
-from agentlanes.tracefile import TRACE_SCHEMA_VERSION, TraceWriter, read_trace, trace_path
+from agentlanes.events import CallEnded, InputsRecorded, RunEnded, RunStarted, StageEnded, ToolEnded, Verified
+from agentlanes.result import CheckRecord, RunState, StageRecord
+from agentlanes.tracefile import MARKER, TRACE_SCHEMA_VERSION, RunTraceFile, read_trace, trace_path
+from agentlanes.verifiers import result_body
 
-__all__ = ["TRACE_SCHEMA_VERSION", "ContentStore", "Telemetry", "TraceWriter", "read_trace", "trace_path"]
+__all__ = [
+    "TRACE_SCHEMA_VERSION",
+    "ContentStore",
+    "CountingExporter",
+    "Telemetry",
+    "TraceProcessor",
+    "read_trace",
+    "run_attributes",
+    "trace_path",
+]
+
+_SCHEMA_URL = "https://opentelemetry.io/schemas/1.37.0"
+_FLAGS = TraceFlags(TraceFlags.SAMPLED)
+_OK = Status(StatusCode.UNSET)
+_ERROR = Status(StatusCode.ERROR)
 
 
 class CountingExporter(SpanExporter):
@@ -70,11 +96,10 @@ class CountingExporter(SpanExporter):
 
 
 class Telemetry:
-    """The tracer agentlanes uses, and its local trace writer.
+    """The tracer agentlanes emits spans with.
 
     Args:
-        data_dir: where traces are written.
-        enabled: ``False`` turns spans (and so the local trace) off.
+        enabled: ``False`` turns spans off (the local record does not depend on it).
         tracer_provider: an explicit provider; otherwise the application's global SDK
             provider if it has one, else a private one.
         capture_content: record prompts/outputs as text (default: the environment
@@ -84,22 +109,20 @@ class Telemetry:
 
     def __init__(
         self,
-        data_dir: Path,
         *,
         enabled: bool = True,
         tracer_provider: Any = None,
         capture_content: bool | None = None,
         otlp_endpoint: str | None = None,
     ) -> None:
-        self.data_dir = data_dir
         self.enabled = enabled
         if capture_content is None:
             env = os.environ.get("OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT", "")
             capture_content = env.strip().lower() in ("1", "true", "yes")
         self.capture_content = capture_content
-        self.writer = TraceWriter()
         self.exporter_processor: BatchSpanProcessor | None = None
         self.exporter: CountingExporter | None = None
+        self.resource: Resource | None = None
         if not enabled:
             self.tracer: trace.Tracer = trace.NoOpTracer()
             return
@@ -108,7 +131,7 @@ class Telemetry:
             global_provider = trace.get_tracer_provider()
             provider = global_provider if isinstance(global_provider, TracerProvider) else TracerProvider()
         self.provider = provider
-        provider.add_span_processor(self.writer)
+        self.resource = getattr(provider, "resource", None)
         if otlp_endpoint:
             try:
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -119,19 +142,7 @@ class Telemetry:
             self.exporter = CountingExporter(OTLPSpanExporter(endpoint=otlp_endpoint))
             self.exporter_processor = BatchSpanProcessor(self.exporter)
             provider.add_span_processor(self.exporter_processor)
-        self.tracer = provider.get_tracer("agentlanes", schema_url="https://opentelemetry.io/schemas/1.37.0")
-
-    def start_run(self, run_id: str, span: Any) -> Path | None:
-        """Register a run's root span; its trace goes to the run's file."""
-        if not self.enabled or not span.is_recording():
-            return None
-        path = trace_path(self.data_dir, run_id)
-        self.writer.register(span.get_span_context().trace_id, path)
-        return path
-
-    def end_run(self, span: Any) -> None:
-        if self.enabled:
-            self.writer.close(span.get_span_context().trace_id)
+        self.tracer = provider.get_tracer("agentlanes", schema_url=_SCHEMA_URL)
 
     def flush_export(self, timeout_millis: int = 10000) -> tuple[int, int]:
         """Push batched spans to the collector now; ``(exported, dropped)`` so far.
@@ -144,17 +155,20 @@ class Telemetry:
         return (self.exporter.exported, self.exporter.dropped)
 
 
-def run_attributes(run_id: str, task_class: str, risk_class: str, chain: str | None) -> dict[str, Any]:
+def run_attributes(run: RunState) -> dict[str, Any]:
+    """The run span's attributes at its start."""
     out: dict[str, Any] = {
         A.GEN_AI_OPERATION_NAME: A.OP_INVOKE_WORKFLOW,
-        A.GEN_AI_WORKFLOW_NAME: chain or task_class,
+        A.GEN_AI_WORKFLOW_NAME: run.chain or run.task_class,
         A.TRACE_SCHEMA: TRACE_SCHEMA_VERSION,
-        A.RUN_ID: run_id,
-        A.TASK_CLASS: task_class,
-        A.RISK_CLASS: risk_class,
+        A.RUN_ID: run.run_id,
+        A.TASK_CLASS: run.task_class,
+        A.RISK_CLASS: run.risk_class,
     }
-    if chain:
-        out[A.CHAIN_REF] = chain
+    if run.chain:
+        out[A.CHAIN_REF] = run.chain
+    if run.documents:
+        out[A.DOCUMENTS] = json.dumps(run.documents, sort_keys=True, separators=(",", ":"))
     return out
 
 
@@ -162,7 +176,9 @@ def _rejected(decision: Any) -> list[str]:
     return [f"{c.lane}: {', '.join(c.reasons)}" for c in decision.candidates if not c.feasible]
 
 
-def _request_json(decision: Any, premium: tuple[float, float] | None) -> str:
+def request_json(decision: Any, premium: tuple[float, float] | None) -> str:
+    """The decision's inputs as canonical JSON: what counterfactual and exact replay
+    re-decide from (names, budget, exclusions, signals; never content)."""
     req = decision.request
     return json.dumps(
         {
@@ -179,18 +195,259 @@ def _request_json(decision: Any, premium: tuple[float, float] | None) -> str:
     )
 
 
-def emit_stage(run: Any, record: Any, parent_ctx: Any) -> None:
-    """Emit a finished stage and everything inside it as spans (called once per
-    top-level stage record, when it ends)."""
-    from opentelemetry.trace import SpanKind, Status, StatusCode
+# ---------------------------------------------------------------------- span sinks
 
-    tracer = run.lanes.telemetry.tracer
-    capture = run.lanes.telemetry.capture_content
-    record.emitted = True
+
+class _SdkSink:
+    """Spans through a tracer (the application's provider); collects the ended spans."""
+
+    def __init__(self, tracer: Any) -> None:
+        self.tracer = tracer
+        self.ended: list[Any] = []
+
+    def start(self, name: str, kind: SpanKind, start: int, attrs: dict[str, Any], parent: Any) -> Any:
+        return self.tracer.start_span(
+            name, context=trace.set_span_in_context(parent), kind=kind, start_time=start, attributes=attrs
+        )
+
+    def event(self, span: Any, name: str, attrs: dict[str, Any], at: int | None = None) -> None:
+        span.add_event(name, attrs, timestamp=at)
+
+    def end(self, span: Any, end: int, error: bool) -> None:
+        if error:
+            span.set_status(_ERROR)
+        span.end(end_time=end)
+        self.ended.append(span)
+
+
+class _LocalSpan:
+    __slots__ = ("attrs", "context", "events", "kind", "name", "parent", "start")
+
+    def __init__(self, name: str, kind: SpanKind, start: int, attrs: dict[str, Any], parent: SpanContext) -> None:
+        self.name = name
+        self.kind = kind
+        self.start = start
+        self.attrs = attrs
+        self.parent = parent
+        self.events: list[Event] = []
+        self.context = SpanContext(parent.trace_id, random.getrandbits(64) or 1, False, _FLAGS)
+
+    def get_span_context(self) -> SpanContext:
+        return self.context
+
+
+class _LocalSink:
+    """Spans built directly (no provider): for the record when spans are off."""
+
+    def __init__(self, resource: Resource, scope: InstrumentationScope) -> None:
+        self.resource = resource
+        self.scope = scope
+        self.ended: list[ReadableSpan] = []
+
+    def start(self, name: str, kind: SpanKind, start: int, attrs: dict[str, Any], parent: Any) -> _LocalSpan:
+        return _LocalSpan(name, kind, start, attrs, parent.get_span_context())
+
+    def event(self, span: _LocalSpan, name: str, attrs: dict[str, Any], at: int | None = None) -> None:
+        span.events.append(Event(name, attrs, timestamp=at if at is not None else span.start))
+
+    def end(self, span: _LocalSpan, end: int, error: bool) -> None:
+        self.ended.append(
+            ReadableSpan(
+                name=span.name,
+                context=span.context,
+                parent=span.parent,
+                resource=self.resource,
+                attributes=span.attrs,
+                events=span.events,
+                kind=span.kind,
+                status=_ERROR if error else _OK,
+                start_time=span.start,
+                end_time=end,
+                instrumentation_scope=self.scope,
+            )
+        )
+
+
+class _RunSpan:
+    """Stands in for the run span when it is not an SDK span (a parent for stages)."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: SpanContext) -> None:
+        self.context = context
+
+    def get_span_context(self) -> SpanContext:
+        return self.context
+
+
+class _Open:
+    """A run the processor is following: its span (``None`` when spans are off), the
+    parent the local record uses (the span itself when it is an SDK span), its file."""
+
+    __slots__ = ("file", "local", "span")
+
+    def __init__(self, span: Any, local: Any, file: RunTraceFile | None) -> None:
+        self.span = span
+        self.local = local
+        self.file = file
+
+
+class TraceProcessor:
+    """Spans to the provider and/or the local record (see the module docstring).
+
+    Args:
+        telemetry: the tracer to emit spans with, or ``None`` for no spans.
+        record: write the local trace file.
+        content: where bodies go (``None``: no bodies).
+        capture_content: put prompts and outputs in spans as text.
+    """
+
+    def __init__(
+        self,
+        telemetry: Telemetry | None,
+        *,
+        record: bool,
+        content: ContentStore | None,
+        capture_content: bool,
+    ) -> None:
+        self.telemetry = telemetry if telemetry is not None and telemetry.enabled else None
+        self.record = record
+        self.content = content
+        self.capture = capture_content
+        resource = (self.telemetry.resource if self.telemetry is not None else None) or Resource.create({})
+        self._local = (resource, InstrumentationScope("agentlanes", None, _SCHEMA_URL))
+        self._runs: dict[str, _Open] = {}
+
+    def on_event(self, event: Any) -> None:
+        kind = type(event)
+        if kind is StageEnded:
+            if event.record.parent is None:
+                self._stage(event.run, event.record)
+        elif kind is CallEnded:
+            if self.content is not None:
+                call = event.call
+                if call.prompt_digest:
+                    self.content.put(call.prompt_digest, event.prompt_text)
+                if event.output_text is not None and call.output_digest:
+                    self.content.put(call.output_digest, event.output_text)
+        elif kind is Verified:
+            if self.content is not None:
+                check = event.check
+                self.content.put(check.digest, result_body(check.result))
+        elif kind is ToolEnded:
+            if self.content is not None and event.output_text is not None and event.tool.output_digest:
+                self.content.put(event.tool.output_digest, event.output_text)
+        elif kind is RunStarted:
+            self._start(event.run)
+        elif kind is InputsRecorded:
+            self._inputs(event.run, event.digest, event.text)
+        elif kind is RunEnded:
+            self._end(event.run)
+
+    # ------------------------------------------------------------------ runs
+
+    def _start(self, run: RunState) -> None:
+        span: Any = None
+        local: Any = None
+        if self.telemetry is not None:
+            span = self.telemetry.tracer.start_span(
+                f"invoke_workflow {run.chain or run.task_class}",
+                attributes=run_attributes(run),
+                start_time=run.started_ns,
+            )
+            if isinstance(span, ReadableSpan):
+                local = span
+        if local is None:
+            local = _RunSpan(SpanContext(random.getrandbits(128) or 1, random.getrandbits(64) or 1, False, _FLAGS))
+        file = RunTraceFile(run.trace_path) if self.record and run.trace_path is not None else None
+        self._runs[run.run_id] = _Open(span, local, file)
+
+    def _inputs(self, run: RunState, digest: str, text: str) -> None:
+        if self.content is not None:
+            self.content.put(digest, text)
+        opened = self._runs.get(run.run_id)
+        if opened is None or opened.file is None:
+            return
+        # A marker span that ends now, in the local record only: a run cut short by a
+        # kill still says what it was given and which chain ran.
+        attrs = run_attributes(run)
+        del attrs[A.GEN_AI_OPERATION_NAME], attrs[A.GEN_AI_WORKFLOW_NAME]  # only the run span is a workflow
+        attrs[A.RUN_INPUT_DIGEST] = digest
+        sink = _LocalSink(*self._local)
+        now = run.started_ns
+        sink.end(sink.start(MARKER, SpanKind.INTERNAL, now, attrs, opened.local), now, False)
+        opened.file.write(sink.ended)
+
+    def _end(self, run: RunState) -> None:
+        opened = self._runs.pop(run.run_id, None)
+        if opened is None:
+            return
+        attrs: dict[str, Any] = {
+            A.RUN_STATUS: run.status,
+            A.COST_ACTUAL: run.cost_micro / 1_000_000,
+            A.RUN_STEPS: run.steps,
+        }
+        if run.input_digest is not None:
+            attrs[A.RUN_INPUT_DIGEST] = run.input_digest
+        if run.output_digest is not None:
+            attrs[A.RUN_OUTPUT_DIGEST] = run.output_digest
+        if run.error is not None:
+            attrs[A.ERROR_TYPE] = run.error
+        failed = run.status != "succeeded"
+        try:
+            if opened.span is not None:
+                opened.span.set_attributes(attrs)
+                if failed:
+                    opened.span.set_status(_ERROR)
+                opened.span.end(end_time=run.ended_ns)
+            if opened.file is not None:
+                if opened.local is opened.span:
+                    opened.file.write([opened.span])  # the very span exported, same ids
+                else:
+                    resource, scope = self._local
+                    base = run_attributes(run)
+                    span = ReadableSpan(
+                        name=f"invoke_workflow {run.chain or run.task_class}",
+                        context=opened.local.get_span_context(),
+                        parent=None,
+                        resource=resource,
+                        attributes={**base, **attrs},
+                        kind=SpanKind.INTERNAL,
+                        status=_ERROR if failed else _OK,
+                        start_time=run.started_ns,
+                        end_time=run.ended_ns,
+                        instrumentation_scope=scope,
+                    )
+                    opened.file.write([span])
+        finally:
+            if opened.file is not None:
+                opened.file.close()
+
+    # ------------------------------------------------------------------ stages
+
+    def _stage(self, run: RunState, record: StageRecord) -> None:
+        opened = self._runs.get(run.run_id)
+        if opened is None:
+            return
+        if opened.span is not None and self.telemetry is not None:
+            sdk = _SdkSink(self.telemetry.tracer)
+            emit_stage(sdk, run, record, opened.span, self.capture)
+            if opened.file is not None and opened.local is opened.span:
+                opened.file.write(sdk.ended)  # the very spans exported, same ids
+                return
+        if opened.file is not None:
+            local = _LocalSink(*self._local)
+            emit_stage(local, run, record, opened.local, False)
+            opened.file.write(local.ended)
+
+
+def emit_stage(sink: Any, run: RunState, record: StageRecord, parent: Any, capture: bool) -> None:
+    """A finished stage and everything inside it as spans, through ``sink``."""
     last = record.decisions[-1] if record.decisions else None
     attrs: dict[str, Any] = {
         A.STAGE: record.stage,
         A.STAGE_NAME: record.name,
+        A.STAGE_KEY: record.key,
         A.STAGE_STATUS: record.status,
         A.STAGE_ATTEMPTS: record.attempts,
         A.TASK_CLASS: run.task_class,
@@ -200,57 +457,70 @@ def emit_stage(run: Any, record: Any, parent_ctx: Any) -> None:
     if record.parent:
         attrs[A.STAGE_PARENT] = record.parent
     if last is not None:
-        attrs.update(
-            {
-                A.LANE: last.lane or "",
-                A.DECISION_ID: last.decision_id,
-                A.DECISION_STATUS: last.status,
-                A.DECISION_REASON: last.reason,
-                A.CANDIDATES_REJECTED: _rejected(last),
-                A.BUDGET_REMAINING: last.budget_remaining,
-            }
-        )
+        attrs[A.LANE] = last.lane or ""
+        attrs[A.DECISION_ID] = last.decision_id
+        attrs[A.DECISION_STATUS] = last.status
+        attrs[A.DECISION_REASON] = last.reason
+        attrs[A.CANDIDATES_REJECTED] = _rejected(last)
+        attrs[A.BUDGET_REMAINING] = last.budget_remaining
         if last.estimated_cost is not None:
             attrs[A.COST_ESTIMATED] = last.estimated_cost
     if record.output_digest:
         attrs[A.OUTPUT_DIGEST] = record.output_digest
-    span = tracer.start_span(
-        f"agentlanes.stage {record.name}",
-        context=parent_ctx,
-        kind=SpanKind.INTERNAL,
-        start_time=record.started_ns,
-        attributes=attrs,
-    )
-    for decision in record.decisions:
+    if record.error:
+        attrs[A.ERROR_TYPE] = record.error
+    span = sink.start(f"agentlanes.stage {record.name}", SpanKind.INTERNAL, record.started_ns, attrs, parent)
+    for decision, step, premium in zip(record.decisions, record.decision_steps, record.premium, strict=True):
         event: dict[str, Any] = {
             A.DECISION_ID: decision.decision_id,
             A.DECISION_STATUS: decision.status,
             A.DECISION_REASON: decision.reason,
             A.LANE: decision.lane or "",
             A.CANDIDATES_REJECTED: _rejected(decision),
-            A.REQUEST: _request_json(decision, run._premium.get(decision.decision_id)),
+            A.REQUEST: request_json(decision, premium),
+            A.STEP: step,
         }
         if decision.estimated_cost is not None:
             event[A.COST_ESTIMATED] = decision.estimated_cost
-        step = run._steps.get(decision.decision_id)
-        if step is not None:
-            event[A.STEP] = step
-        span.add_event(A.EVENT_DECISION, event)
-    for receipt in record.receipts:
-        span.add_event(
+        sink.event(span, A.EVENT_DECISION, event)
+    for refusal in record.refusals:
+        sink.event(
+            span,
+            A.EVENT_BUDGET_REFUSED,
+            {
+                A.LANE: refusal.lane,
+                A.BUDGET_WINDOW: refusal.window,
+                A.BUDGET_REFUSAL_REASON: refusal.reason,
+                A.BUDGET_AVAILABLE: refusal.available / 1_000_000,
+                A.COST_RESERVED: refusal.estimate / 1_000_000,
+                A.STEP: refusal.step,
+            },
+        )
+    for approval in record.approvals:
+        approval_attrs: dict[str, Any] = {A.APPROVED: approval.approved, A.STEP: approval.step}
+        if approval.approver is not None:
+            approval_attrs[A.APPROVER] = approval.approver
+        if approval.justification_digest is not None:
+            approval_attrs[A.JUSTIFICATION_DIGEST] = approval.justification_digest
+        sink.event(span, A.EVENT_APPROVAL, approval_attrs)
+    for receipt, step in zip(record.receipts, record.receipt_steps, strict=True):
+        body = receipt.body
+        sink.event(
+            span,
             A.EVENT_ESCALATION,
             {
                 A.RECEIPT_ID: receipt.receipt_id,
-                A.STEP: run._steps.get(receipt.receipt_id, 0),
-                A.APPROVER: (receipt.body.get("approval") or {}).get("approver") or "",
+                A.STEP: step,
+                A.APPROVER: (body.get("approval") or {}).get("approver") or "",
                 A.RECEIPT_DIGEST: receipt.digest,
-                A.FROM_LANE: receipt.body.get("fromLane") or "",
-                A.TO_LANE: receipt.body["toLane"],
-                A.ESCALATION_REASON: receipt.body["reason"],
-                A.DECISION_ID: receipt.body["decisionId"],
+                A.FROM_LANE: body.get("fromLane") or "",
+                A.TO_LANE: body["toLane"],
+                A.ESCALATION_REASON: body["reason"],
+                A.DECISION_ID: body["decisionId"],
+                A.RECEIPT_CREATED_AT: body.get("createdAt") or "",
+                A.EVIDENCE_REFS: list(body.get("evidenceRefs") or ()),
             },
         )
-    ctx = trace.set_span_in_context(span)
     for call in record.calls:
         call_attrs: dict[str, Any] = {
             A.GEN_AI_OPERATION_NAME: A.OP_CHAT,
@@ -275,80 +545,60 @@ def emit_stage(run: Any, record: Any, parent_ctx: Any) -> None:
             call_attrs[A.GEN_AI_INPUT_MESSAGES] = call.prompt_text
         if capture and call.output_text is not None:
             call_attrs[A.GEN_AI_OUTPUT_MESSAGES] = json.dumps([{"role": "assistant", "content": call.output_text}])
-        child = tracer.start_span(
-            f"chat {call.model}", context=ctx, kind=SpanKind.CLIENT, start_time=call.started_ns, attributes=call_attrs
-        )
         if not call.ok:
-            child.set_attribute(A.ERROR_TYPE, call.error or "error")
-            child.set_attribute(A.ERROR_RETRYABLE, call.retryable)
+            call_attrs[A.ERROR_TYPE] = call.error or "error"
+            call_attrs[A.ERROR_RETRYABLE] = call.retryable
             if call.status is not None:
-                child.set_attribute("http.response.status_code", call.status)
-            child.set_status(Status(StatusCode.ERROR))
-        child.end(end_time=call.started_ns + int(call.duration * 1e9))
-    if record.stage in ("verification", "tool-use") and record.decisions and record.decisions[-1].lane == "no-model":
-        _emit_tools(tracer, record, ctx, run)
-    for child_record in record.children:
-        if not child_record.emitted:
-            emit_stage(run, child_record, ctx)
-    if record.status != "succeeded":
-        span.set_status(Status(StatusCode.ERROR))
-        if record.error:
-            span.set_attribute(A.ERROR_TYPE, record.error)
-    span.end(end_time=record.ended_ns)
-
-
-def _emit_tools(tracer: Any, record: Any, ctx: Any, run: Any) -> None:
-    from opentelemetry.trace import SpanKind, Status, StatusCode
-
-    hasher = run.lanes.hasher
-    at = record.started_ns
-    results = [r for batch in record.verifications for r in batch]
-    if record.stage == "tool-use" and not results:
-        span = tracer.start_span(
-            f"execute_tool {record.name}",
-            context=ctx,
-            kind=SpanKind.INTERNAL,
-            start_time=at,
-            attributes={
-                A.GEN_AI_OPERATION_NAME: A.OP_EXECUTE_TOOL,
-                A.GEN_AI_TOOL_NAME: record.name,
-                A.GEN_AI_TOOL_TYPE: "function",
-                A.LANE: "no-model",
-            },
-        )
-        if record.status != "succeeded":
-            span.set_status(Status(StatusCode.ERROR))
-        span.end(end_time=record.ended_ns)
-        return
-    steps = list(record.result_steps)
-    for i, result in enumerate(results):
-        end = at + int(result.duration * 1e9)
-        span = tracer.start_span(
-            f"execute_tool {result.name}",
-            context=ctx,
-            kind=SpanKind.INTERNAL,
-            start_time=at,
-            attributes={
-                A.GEN_AI_OPERATION_NAME: A.OP_EXECUTE_TOOL,
-                A.GEN_AI_TOOL_NAME: result.name,
-                A.GEN_AI_TOOL_TYPE: "function",
-                A.LANE: "no-model",
-                A.VERIFIER_KIND: result.kind,
-            },
-        )
-        event: dict[str, Any] = {
-            A.GEN_AI_EVALUATION_NAME: result.name,
-            A.GEN_AI_EVALUATION_SCORE_LABEL: "pass" if result.passed else "fail",
-            A.OUTPUT_DIGEST: hasher.digest(f"{result.summary}\n{result.output}"),
+                call_attrs["http.response.status_code"] = call.status
+        child = sink.start(f"chat {call.model}", SpanKind.CLIENT, call.started_ns, call_attrs, span)
+        sink.end(child, call.started_ns + int(call.duration * 1e9), not call.ok)
+    for tool in record.tools:
+        tool_attrs: dict[str, Any] = {
+            A.GEN_AI_OPERATION_NAME: A.OP_EXECUTE_TOOL,
+            A.GEN_AI_TOOL_NAME: tool.name,
+            A.GEN_AI_TOOL_TYPE: "function",
+            A.LANE: "no-model",
+            A.STEP: tool.step,
         }
-        if result.exit_status is not None:
-            event[A.VERIFIER_EXIT_STATUS] = result.exit_status
-        if i < len(steps):
-            event[A.STEP] = steps[i]
-        span.add_event(A.EVENT_EVALUATION_RESULT, event, timestamp=end)
-        if run.lanes.content is not None:
-            run.lanes.content.put(event[A.OUTPUT_DIGEST], f"{result.summary}\n{result.output}")
-        if not result.passed:
-            span.set_status(Status(StatusCode.ERROR))
-        span.end(end_time=end)
-        at = end
+        if tool.output_digest:
+            tool_attrs[A.OUTPUT_DIGEST] = tool.output_digest
+        if tool.error:
+            tool_attrs[A.ERROR_TYPE] = tool.error
+        child = sink.start(f"execute_tool {tool.name}", SpanKind.INTERNAL, tool.started_ns, tool_attrs, span)
+        sink.end(child, tool.ended_ns, not tool.ok)
+    at = record.started_ns
+    for check in record.checks:
+        at = _emit_check(sink, check, span, at)
+    for child_record in record.children:
+        emit_stage(sink, run, child_record, span, capture)
+    sink.end(span, record.ended_ns, record.status != "succeeded")
+
+
+def _emit_check(sink: Any, check: CheckRecord, parent: Any, at: int) -> int:
+    result = check.result
+    end = at + int(result.duration * 1e9)
+    span = sink.start(
+        f"execute_tool {result.name}",
+        SpanKind.INTERNAL,
+        at,
+        {
+            A.GEN_AI_OPERATION_NAME: A.OP_EXECUTE_TOOL,
+            A.GEN_AI_TOOL_NAME: result.name,
+            A.GEN_AI_TOOL_TYPE: "function",
+            A.LANE: "no-model",
+            A.VERIFIER_KIND: result.kind,
+        },
+        parent,
+    )
+    event: dict[str, Any] = {
+        A.GEN_AI_EVALUATION_NAME: result.name,
+        A.GEN_AI_EVALUATION_SCORE_LABEL: "pass" if result.passed else "fail",
+        A.OUTPUT_DIGEST: check.digest,
+        A.VERIFIER_IDENTITY: check.identity,
+        A.STEP: check.step,
+    }
+    if result.exit_status is not None:
+        event[A.VERIFIER_EXIT_STATUS] = result.exit_status
+    sink.event(span, A.EVENT_EVALUATION_RESULT, event, end)
+    sink.end(span, end, not result.passed)
+    return end

@@ -30,6 +30,7 @@ __all__ = [
     "Verifier",
     "VerifierResult",
     "VerifyContext",
+    "result_body",
     "trim_lines",
 ]
 
@@ -72,6 +73,12 @@ class VerifyContext:
     variables: Mapping[str, str] = field(default_factory=dict)
 
 
+def result_body(result: VerifierResult) -> str:
+    """What a record keeps of a result (and digests): its summary and output, which
+    exact replay serves back."""
+    return f"{result.summary}\n{result.output}"
+
+
 def trim_lines(text: str, limit: int) -> str:
     """The last ``limit`` lines of ``text``, saying how many were cut."""
     lines = text.splitlines()
@@ -89,6 +96,14 @@ class Verifier(ABC):
     @abstractmethod
     async def verify(self, subject: Any, context: VerifyContext) -> VerifierResult:
         """Check ``subject`` (the stage's output)."""
+
+    def identity(self) -> dict[str, str]:
+        """What this verifier checks, as named parts (``kind`` plus its definition).
+
+        Records keep each part as a keyed digest, and exact replay compares them: a
+        change to what a verifier checks is a divergence, named by the part that
+        changed. Subclasses add the parts that define them."""
+        return {"kind": type(self).__name__, "name": self.name}
 
 
 class CommandVerifier(Verifier):
@@ -121,6 +136,15 @@ class CommandVerifier(Verifier):
         self.timeout = timeout
         self.env = dict(env or {})
         self.name = name or Path(self.argv[0]).name
+
+    def identity(self) -> dict[str, str]:
+        return {
+            "kind": "command",
+            "argv": json.dumps(self.argv),
+            "cwd": "" if self.cwd is None else str(self.cwd),
+            "env": json.dumps(self.env, sort_keys=True),
+            "timeout": repr(self.timeout),
+        }
 
     async def verify(self, subject: Any, context: VerifyContext) -> VerifierResult:
         import os
@@ -178,6 +202,7 @@ class SchemaVerifier(Verifier):
         self._validator: Any = None
         if isinstance(schema, type) and issubclass(schema, BaseModel):
             self._adapter = TypeAdapter(schema)
+            self._schema_text = json.dumps(schema.model_json_schema(), sort_keys=True)
         else:
             try:
                 import jsonschema  # type: ignore[import-untyped]
@@ -189,6 +214,10 @@ class SchemaVerifier(Verifier):
             cls = jsonschema.validators.validator_for(schema)
             cls.check_schema(schema)
             self._validator = cls(schema)
+            self._schema_text = json.dumps(schema, sort_keys=True)
+
+    def identity(self) -> dict[str, str]:
+        return {"kind": "schema", "schema": self._schema_text}
 
     async def verify(self, subject: Any, context: VerifyContext) -> VerifierResult:
         value = subject
@@ -196,7 +225,8 @@ class SchemaVerifier(Verifier):
             try:
                 value = json.loads(subject)
             except ValueError as exc:
-                return VerifierResult(self.name, False, "schema", f"not JSON: {exc.args[0][:80]}")
+                where = f" (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else ""
+                return VerifierResult(self.name, False, "schema", f"not JSON{where}")
         if self._adapter is not None:
             try:
                 self._adapter.validate_python(value)
@@ -210,14 +240,15 @@ class SchemaVerifier(Verifier):
                     f"{exc.error_count()} schema error(s); first at /{where}: {first['msg']}",
                 )
             return VerifierResult(self.name, True, "schema", "matches the schema")
-        errors = sorted(self._validator.iter_errors(value), key=lambda e: list(e.path))
+        errors = sorted(self._validator.iter_errors(value), key=lambda e: [str(p) for p in e.path])
         if errors:
+            # The pointer and the rule, never the value: the subject is content.
             where = "/".join(str(p) for p in errors[0].path)
             return VerifierResult(
                 self.name,
                 False,
                 "schema",
-                f"{len(errors)} schema error(s); first at /{where}: {errors[0].message[:120]}",
+                f"{len(errors)} schema error(s); first at /{where}: fails the {errors[0].validator!r} rule",
             )
         return VerifierResult(self.name, True, "schema", "matches the schema")
 
@@ -227,8 +258,16 @@ class CallableVerifier(Verifier):
     a :class:`VerifierResult`."""
 
     def __init__(self, fn: Callable[[Any], Any | Awaitable[Any]], *, name: str | None = None) -> None:
+        if not callable(fn):
+            raise ConfigurationError(f"CallableVerifier needs a function, got {fn!r}.")
         self.fn = fn
         self.name = name or str(getattr(fn, "__name__", "check"))
+
+    def identity(self) -> dict[str, str]:
+        fn = self.fn
+        module = getattr(fn, "__module__", None) or type(fn).__module__
+        qual = getattr(fn, "__qualname__", None) or type(fn).__qualname__
+        return {"kind": "callable", "function": f"{module}:{qual}"}
 
     async def verify(self, subject: Any, context: VerifyContext) -> VerifierResult:
         start = time.perf_counter()
@@ -255,10 +294,31 @@ class ModelVerifier(Verifier):
 
     deterministic = False
 
-    def __init__(self, instructions: str, *, name: str = "model-judge", stage: str = "review") -> None:
+    def __init__(
+        self, instructions: str, *, name: str = "model-judge", stage: str = "review", max_tokens: int = 200
+    ) -> None:
         self.instructions = instructions
         self.name = name
         self.stage = stage
+        self.max_tokens = max_tokens
+
+    def identity(self) -> dict[str, str]:
+        return {"kind": "model", "instructions": self.instructions, "stage": self.stage}
+
+    def prompt(self, subject: Any) -> str:
+        """What the judge is asked about ``subject``."""
+        return (
+            f"{self.instructions}\n\nAnswer PASS or FAIL on the first line, then one line of reasons.\n\n---\n{subject}"
+        )
+
+    def verdict(self, reply: str) -> VerifierResult:
+        """The judge's reply as a result: PASS on the first line passes."""
+        text = reply.strip()
+        passed = text.upper().startswith("PASS")
+        first_line = text.splitlines()[0][:200] if text else ""
+        return VerifierResult(
+            self.name, passed, "model", f"model judged {'PASS' if passed else 'FAIL'}", output=first_line
+        )
 
     async def verify(self, subject: Any, context: VerifyContext) -> VerifierResult:  # pragma: no cover
         raise ConfigurationError(

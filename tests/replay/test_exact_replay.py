@@ -4,6 +4,7 @@ a trace cut at any span boundary replays without a false divergence."""
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import anyio
 import pytest
 
-from agentlanes import Chain, ReplayDivergence, cli
+from agentlanes import Chain, ConfigurationError, ReplayDivergence, cli
 from agentlanes.chain import StepSpec, VerifierSpec
 from agentlanes.demo import demo_chain, run_demo
 from agentlanes.policy import PolicyBundle, load_document
@@ -41,7 +42,9 @@ def test_replay_from_the_command_line(recorded: tuple[Path, Path], capsys: pytes
     home, trace = recorded
     run_id = trace.name.split(".")[0]
     assert cli.main(["replay", run_id, "--data-dir", str(home)]) == 0
-    assert f"{run_id}: replayed exactly, 23 step(s) identical to the record" in capsys.readouterr().out
+    steps = len(load_record(trace).steps)  # decisions, calls, tool results, verifier results, the receipt
+    assert steps == 26
+    assert f"{run_id}: replayed exactly, {steps} step(s) identical to the record" in capsys.readouterr().out
     assert cli.main(["replay", str(trace), "--chain", "agentlanes.demo:demo_chain", "--data-dir", str(home)]) == 0
 
 
@@ -181,21 +184,39 @@ def test_there_are_at_least_twenty_kinds_of_change() -> None:
     assert len(CHANGES) >= 20
 
 
-def test_a_trace_cut_at_every_span_boundary_replays_without_a_false_divergence(recorded: tuple[Path, Path],
-                                                                                tmp_path: Path) -> None:
+def _as_if_killed(home: Path, dest: Path, run_id: str) -> Path:
+    """A copy of a data directory whose run index says the run is still running (what a
+    kill -9 leaves behind)."""
+    import shutil
+    import sqlite3
+
+    shutil.copytree(home, dest)
+    db = sqlite3.connect(dest / "agentlanes.db")
+    (entry,) = db.execute("SELECT entry FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+    db.execute("UPDATE runs SET entry = ? WHERE run_id = ?",
+               (json.dumps({**json.loads(entry), "status": "running"}), run_id))
+    db.commit()
+    db.close()
+    return dest
+
+
+def test_a_trace_cut_at_every_span_boundary(recorded: tuple[Path, Path], tmp_path: Path) -> None:
+    """A killed run (the index says it is still running) replays up to where its record
+    ends, at every cut; the same cuts of a run the index says finished are divergences."""
     home, trace = recorded
+    run_id = trace.name.split(".")[0]
+    killed = _as_if_killed(home, tmp_path / "killed", run_id)
     lines = trace.read_text().splitlines()
-    seen_partial = 0
     for cut in range(1, len(lines)):
         part = tmp_path / f"cut-{cut}.otlp.jsonl"
         part.write_text("\n".join(lines[:cut]) + "\n")
-        report = anyio.run(lambda p=part: replay_run(p, data_dir=home, chain=demo_chain()))
+        report = anyio.run(lambda p=part: replay_run(p, data_dir=killed, chain=demo_chain()))
         assert not report.complete
-        seen_partial += 1
-    assert seen_partial == len(lines) - 1
+        with pytest.raises(ReplayDivergence, match=r"the run index says run .* finished .* the trace was cut"):
+            anyio.run(lambda p=part: replay_run(p, data_dir=home, chain=demo_chain()))
 
 
 def test_replay_needs_the_recording_data_dir(recorded: tuple[Path, Path], tmp_path: Path) -> None:
     _, trace = recorded
-    with pytest.raises(Exception, match="inputs are not in"):
+    with pytest.raises(ConfigurationError, match="needs the data directory the run was recorded in"):
         anyio.run(lambda: replay_run(trace, data_dir=tmp_path))

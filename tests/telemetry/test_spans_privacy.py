@@ -313,16 +313,30 @@ def test_runs_show_and_counterfactual_replay(tmp_path: Path, capsys: pytest.Capt
     assert cli.main(["replay", run.run_id, "--policy", str(ROOT / "policies" / "policy.json"),
                      "--data-dir", str(tmp_path)]) == 0
     assert "lanes that change: 0" in capsys.readouterr().out
-    # without documents it is an exact replay, of the chain the run recorded (here: not importable)
-    assert cli.main(["replay", run.run_id, "--data-dir", str(tmp_path)]) == 1
-    assert "Cannot import 'tests:chain'" in capsys.readouterr().err
+    # without documents it is an exact replay, which needs the code named: the chain
+    # reference the run recorded is data, never imported (exit 2: unusable as given)
+    assert cli.main(["replay", run.run_id, "--data-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "the chain 'tests:chain'" in err and "--entry MODULE:FUNCTION" in err
 
 
-async def test_tracing_off_writes_no_trace(tmp_path: Path) -> None:
-    lanes = lanes_for(tmp_path, {"standard": TestModel()}, tracing=False)
+async def test_the_record_does_not_depend_on_tracing(tmp_path: Path) -> None:
+    """tracing=False turns spans off; the local record (trace file and bodies) is still
+    written, unless record=False."""
+    cap = capture_spans()
+    lanes = lanes_for(tmp_path, {"standard": TestModel()}, tracing=False, tracer_provider=cap.provider)
     async with lanes.run(task_class="routine-code") as run:
         await run.stage("planning", lambda ctx: ctx.complete("x"))
-    assert run.trace_path is None and not (tmp_path / "traces").exists()
+    assert cap.spans == []
+    assert run.trace_path is not None
+    names = sorted(s["name"] for s in read_trace(run.trace_path))
+    assert names == ["agentlanes.stage planning", "chat test-model", "invoke_workflow routine-code"]
+    assert len(list((tmp_path / "content").iterdir())) == 2  # the prompt and the output
+    off = tmp_path / "off"
+    lanes = lanes_for(off, {"standard": TestModel()}, tracing=False, record=False, store=SQLiteStore(off / "db"))
+    async with lanes.run(task_class="routine-code") as run:
+        await run.stage("planning", lambda ctx: ctx.complete("x"))
+    assert run.trace_path is None and not (off / "traces").exists() and not (off / "content").exists()
     store = lanes.store
     assert isinstance(store, SQLiteStore)
     await store.aclose()
