@@ -440,8 +440,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         _err(str(exc))
         return 2
     print(json.dumps(report.to_json(), indent=2) if args.json else report.table())
-    if args.check and report.lane_changes:
-        _err(f"{len(report.lane_changes)} recorded decision(s) would take another lane under these documents.")
+    changed = [c for c in report.changes if c.new_lane != c.recorded_lane]
+    if args.check and changed:
+        _err(f"{len(changed)} recorded decision(s) would take another lane (or none) under these documents.")
         return 1
     return 0
 

@@ -150,6 +150,9 @@ class _State:
         self.decisions: dict[str, RecordedStep] = {}  # stage key -> decision served, awaiting its event
         self.calls: dict[tuple[str, int], RecordedStep] = {}  # (stage key, replayed step) -> recorded call
         self.receipts: dict[str, RecordedStep] = {}  # stage key -> escalation served, awaiting its event
+        self.tools: dict[str, RecordedStep] = {}  # stage key -> tool served, awaiting its event
+        self.moved: tuple[str, str] | None = None
+        """With live tools: (the scratch workspace, the recorded one), for comparing prompts."""
         self.divergence: ReplayDivergence | None = None
         self.run_started = False
         self.snapshots = SnapshotCache()
@@ -329,8 +332,13 @@ class ReplayEffects(Effects):
             raise s.diverge(step, "the call went to another lane", d.get("lane"), call.lane)
         if d.get("model") not in (None, call.model.name):
             raise s.diverge(step, "the call went to another model", d.get("model"), call.model.name)
-        if d.get("prompt") != call.prompt_digest:
-            raise s.diverge(step, "the prompt differs", *_difference(s, d.get("prompt"), call.prompt_text))
+        prompt_digest, prompt_text = call.prompt_digest, call.prompt_text
+        if s.moved is not None and s.moved[0] in prompt_text:
+            # live tools work in a scratch copy: the prompt names the copy where the run named the original
+            prompt_text = prompt_text.replace(*s.moved)
+            prompt_digest = s.hasher.digest(prompt_text)
+        if d.get("prompt") != prompt_digest:
+            raise s.diverge(step, "the prompt differs", *_difference(s, d.get("prompt"), prompt_text))
         s.calls[(call.record.key, call.step)] = step
         if not d.get("ok"):
             error = ProviderError(
@@ -377,10 +385,13 @@ class ReplayEffects(Effects):
     async def tool(self, run: RunState, record: StageRecord, name: str, fn: Callable[[Any], Any], subject: Any) -> Any:
         s = self._s
         s.check()
+        if s.record.schema == "agentlanes.trace/1" and not any(x.kind == "tool" for x in s.stage_of(record).steps):
+            return None  # trace/1 did not record tool results; the tool is still not run
         step = s.next_step(record, ("tool",), f"tool {name!r}")
         d = step.data
         if d.get("name") != name:
             raise s.diverge(step, "another tool ran", d.get("name"), name)
+        s.tools[record.key] = step
         if s.live_tools:
             out = fn(subject)
             if inspect.isawaitable(out):
@@ -493,7 +504,7 @@ class ReplayChecker:
         elif kind is BudgetRefused:
             pass  # served from the record: the estimate is compared with the call that follows
         elif kind is ToolEnded:
-            pass
+            self._tool(event.record, event.tool)
         elif kind is Escalated:
             self._escalation(event.record, event.receipt)
         elif kind is StageEnded:
@@ -561,6 +572,19 @@ class ReplayChecker:
                 "the call's outcome differs",
                 "ok" if d.get("ok") else d.get("error"),
                 "ok" if call.ok else call.error,
+            )
+
+    def _tool(self, record: StageRecord, tool: Any) -> None:
+        s = self._s
+        step = s.tools.pop(record.key, None)
+        if step is None:
+            return
+        d = step.data
+        if bool(d.get("ok")) != tool.ok or (d.get("error") or None) != tool.error:
+            raise s.diverge(step, "the tool's outcome differs", d.get("error") or "ok", tool.error or "ok")
+        if d.get("output") != tool.output_digest:
+            raise s.diverge(
+                step, "the tool's result differs", f"result {d.get('output')}", f"result {tool.output_digest}"
             )
 
     def _escalation(self, record: StageRecord, receipt: Receipt) -> None:
@@ -864,6 +888,7 @@ async def replay(
         else:
             copy.mkdir()
         variables["workspace"] = str(copy)
+        state.moved = (str(copy), str(source))
     lanes = Lanes(
         _recorded_models(record),
         bundle=bundle,

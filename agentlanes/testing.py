@@ -6,10 +6,13 @@
 * :class:`ScriptedModel`: answers from a script of steps; ``.calls`` records every
   request and :meth:`ScriptedModel.assert_complete` checks the script was used up.
 * :func:`block_model_requests`: make any *real* adapter raise instead of sending.
+* :func:`capture_spans`: spans of runs, kept in memory (and as a snapshot tree).
+* :func:`assert_replays` / :func:`assert_replays_async`: a recorded run as a regression test.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -29,6 +32,7 @@ __all__ = [
     "SpanCapture",
     "TestModel",
     "assert_replays",
+    "assert_replays_async",
     "block_model_requests",
     "capture_spans",
 ]
@@ -252,18 +256,49 @@ def capture_spans() -> SpanCapture:
     return SpanCapture()
 
 
-def assert_replays(trace: str | Path, *, data_dir: str | Path, chain: Any = None) -> int:
+def assert_replays(
+    trace: str | Path,
+    *,
+    data_dir: str | Path,
+    entry: Any = None,
+    chain: Any = None,
+    bundle: Any = None,
+) -> int:
     """A pytest helper: replay a recorded run exactly and fail on any divergence.
 
     Turn a recorded run into a regression test::
 
-        def test_fix_failing_test_still_behaves():
-            assert_replays("recorded/run-x.otlp.jsonl", data_dir="recorded", chain=my_chain)
+        def test_my_loop_still_behaves():
+            assert assert_replays("recorded/traces/run-x.otlp.jsonl", data_dir="recorded", entry=main) > 0
 
-    Returns the number of steps replayed. Raises ``ReplayDivergence`` (which fails the
-    test with the step, what was recorded and what happened).
+    ``entry`` is the code that made the run (``async def main(lanes)``), or ``chain`` a
+    declared chain (the bundled chains need neither). Returns the number of steps
+    replayed. Raises ``ReplayDivergence`` (which fails the test with the step, what was
+    recorded and what happened). Inside async code (an async test), use
+    :func:`assert_replays_async`.
     """
-    from agentlanes.replay import replay_run
+    try:
+        asyncio.get_running_loop()  # only to say what to do instead; anyio.run would fail obscurely
+    except RuntimeError:
+        pass
+    else:
+        raise RuntimeError(
+            "assert_replays() blocks, so it cannot run inside an event loop (an async test); use "
+            "`await assert_replays_async(...)` there."
+        )
+    return anyio.run(lambda: assert_replays_async(trace, data_dir=data_dir, entry=entry, chain=chain, bundle=bundle))
 
-    report = anyio.run(lambda: replay_run(Path(trace), data_dir=Path(data_dir), chain=chain))
+
+async def assert_replays_async(
+    trace: str | Path,
+    *,
+    data_dir: str | Path,
+    entry: Any = None,
+    chain: Any = None,
+    bundle: Any = None,
+) -> int:
+    """:func:`assert_replays` for async code: ``assert await assert_replays_async(...) > 0``."""
+    from agentlanes.replay import replay
+
+    report = await replay(trace, data_dir=data_dir, entry=entry, chain=chain, bundle=bundle)
     return report.steps

@@ -1,20 +1,28 @@
-"""Adopt agentlanes without rewriting your loop.
+"""Adopt agentlanes without rewriting your loop, and replay what it did.
 
 Here is a small hand-written agent loop: it asks a model for a plan, then for code, runs
 a check, and feeds failures back. Wrapping each step in ``run.stage`` is the only
 change: every step now runs on the cheapest lane that can safely do it, under budgets,
 with deterministic verification and an escalation receipt when it has to escalate.
 
+Keep the loop in a function that takes the ``Lanes`` (``main`` below): the run is
+recorded, and ``agentlanes replay RUN --entry examples/wrap_agent_loop.py:main`` runs
+the same code again with every model reply, verifier result and signal served from the
+record, and says where (if anywhere) it now does something else.
+
 Run it: ``python examples/wrap_agent_loop.py`` (offline: the models are test doubles).
 """
 
 from __future__ import annotations
 
+import sys
 import tempfile
+from pathlib import Path
 
 import anyio
 
 from agentlanes import Lanes, StageContext
+from agentlanes.replay import replay
 from agentlanes.testing import FunctionModel, ScriptedModel
 from agentlanes.verifiers import CallableVerifier
 
@@ -52,9 +60,27 @@ def code_works(source: str) -> tuple[bool, str]:
     return ok, "slugify('Hello, World!') == 'hello-world'" if ok else "wrong result"
 
 
-# --- wiring it to lanes -------------------------------------------------------------
+# --- the loop, wired to lanes: what gets recorded and replayed ---------------------
 
-async def main() -> None:
+async def main(lanes: Lanes) -> str:
+    async with lanes.run(task_class="routine-code", risk_class="medium") as run:
+        plan = await run.stage("planning", make_plan, "a slugify() helper")
+        code = await run.stage_with("execution", write_code, (plan,),
+                                    verify=[CallableVerifier(code_works, name="slugify-check")])
+        run.output = code
+    result = run.result
+    for record in result.records:
+        if record.parent is None:
+            print(f"{record.name:<10} lanes {[d.lane for d in record.decisions]} attempts {record.attempts} "
+                  f"cost {record.cost / 1e6:.6f}")
+    for receipt in result.receipts:
+        print("receipt", receipt.receipt_id, receipt.body["fromLane"], "->", receipt.body["toLane"],
+              receipt.body["reason"])
+    print("total", result.cost, result.currency)
+    return code
+
+
+async def record_and_replay(home: Path) -> None:
     standard = ScriptedModel([
         "1. lower-case 2. replace runs of non-alphanumerics with '-' 3. strip '-'",
         "def slugify(s):\n    return s.lower().replace(' ', '-')",           # wrong
@@ -64,28 +90,19 @@ async def main() -> None:
         "import re\n\ndef slugify(s):\n    return re.sub(r'[^a-z0-9]+', '-', s.lower()).strip('-')"
     ), name="double:high-end")
 
-    with tempfile.TemporaryDirectory() as home:
-        lanes = Lanes({"standard": standard, "high-end": high_end}, signals=SIGNALS, data_dir=home)
-        async with lanes.run(task_class="routine-code", risk_class="medium") as run:
-            plan = await run.stage("planning", make_plan, "a slugify() helper")
-            code = await run.stage_with("execution", write_code, (plan,),
-                                        verify=[CallableVerifier(code_works, name="slugify-check")])
-        await lanes.aclose()
-
-    result = run.result
+    lanes = Lanes({"standard": standard, "high-end": high_end}, signals=SIGNALS, data_dir=home)
+    code = await main(lanes)
+    await lanes.aclose()
     print(code)
-    for record in result.records:
-        if record.parent is None:
-            print(f"{record.name:<10} lanes {[d.lane for d in record.decisions]} attempts {record.attempts} "
-                  f"cost {record.cost / 1e6:.6f}")
-    for receipt in result.receipts:
-        print("receipt", receipt.receipt_id, receipt.body["fromLane"], "->", receipt.body["toLane"],
-              receipt.body["reason"])
-    print("total", result.cost, result.currency)
-    assert [r.lane for r in result.records if r.parent is None] == ["standard", "high-end"]
-    assert len(result.receipts) == 1 and result.receipts[0].body["reason"] == "repeated-standard-lane-failure"
     standard.assert_complete()
+    [trace] = (home / "traces").iterdir()
+
+    # The same code again, every effect served from the record: no model is called.
+    report = await replay(trace, entry=main, data_dir=home)
+    print(f"replayed {report.run_id}: {report.steps} steps identical to the record")
+    assert report.complete and report.steps > 10
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    with tempfile.TemporaryDirectory() as tmp:
+        anyio.run(record_and_replay, Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tmp))

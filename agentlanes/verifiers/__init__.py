@@ -264,10 +264,10 @@ class CallableVerifier(Verifier):
         self.name = name or str(getattr(fn, "__name__", "check"))
 
     def identity(self) -> dict[str, str]:
+        # The qualified name, not the module: the same program run as a script
+        # (__main__) and imported by name must keep one identity.
         fn = self.fn
-        module = getattr(fn, "__module__", None) or type(fn).__module__
-        qual = getattr(fn, "__qualname__", None) or type(fn).__qualname__
-        return {"kind": "callable", "function": f"{module}:{qual}"}
+        return {"kind": "callable", "function": getattr(fn, "__qualname__", None) or type(fn).__qualname__}
 
     async def verify(self, subject: Any, context: VerifyContext) -> VerifierResult:
         start = time.perf_counter()
