@@ -311,44 +311,50 @@ def _ledger_texts(data_dir: Path, run: str | None) -> tuple[list[str], str, tupl
 _MAX_LINE = 1 << 20
 
 
-def _read_records_file(name: str) -> list[str]:
-    """Lines of an exported records file, refusing what is not a regular text file."""
+def _open_regular(name: str, what: str) -> IO[bytes]:
+    """``name`` opened for reading, refused unless it is a regular file (a FIFO would
+    block the open itself, a device would never end)."""
     import stat
 
     try:
-        fh = open(name, "rb", buffering=0)  # noqa: SIM115 - closed below
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
-        raise ConfigurationError(f"Cannot read the receipts file {name}: {exc.strerror}.") from None
-    with fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise ConfigurationError(
-                f"The receipts file {name} is not a regular file; write one with `receipts export`."
-            )
-        lines: list[str] = []
-        for lineno, raw in enumerate(iter(lambda: fh.readline(_MAX_LINE + 1), b""), start=1):
-            if len(raw) > _MAX_LINE:
-                raise ConfigurationError(f"{name}, line {lineno}: longer than any receipt record (over 1 MiB).")
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise ConfigurationError(f"{name}, line {lineno}: not UTF-8 text (not exported receipts).") from None
-            if line.strip():
-                lines.append(line.rstrip("\n"))
-        return lines
+        raise ConfigurationError(f"Cannot read the {what} {name}: {exc.strerror}.") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigurationError(f"The {what} {name} is not a regular file.")
+    return os.fdopen(fd, "rb", buffering=1 << 16)
+
+
+def _read_records_file(name: str) -> list[str]:
+    """Lines of an exported records file, refusing what is not a regular text file."""
+    lines: list[str] = []
+    with _open_regular(name, "receipts file") as fh:
+        try:
+            for lineno, raw in enumerate(iter(lambda: fh.readline(_MAX_LINE + 1), b""), start=1):
+                if len(raw) > _MAX_LINE:
+                    raise ConfigurationError(f"{name}, line {lineno}: longer than any receipt record (over 1 MiB).")
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ConfigurationError(
+                        f"{name}, line {lineno}: not UTF-8 text (not exported receipts)."
+                    ) from None
+                if line.strip():
+                    lines.append(line.rstrip("\n"))
+        except OSError as exc:
+            raise ConfigurationError(f"Cannot read the receipts file {name}: {exc.strerror}.") from None
+    return lines
 
 
 def _read_head(name: str) -> Any:
-    import stat
-
     from agentlanes.receipts import LedgerHead
 
-    try:
-        with open(name, "rb") as fh:
-            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-                raise ConfigurationError(f"The head file {name} is not a regular file.")
+    with _open_regular(name, "head file") as fh:
+        try:
             raw = fh.read(_MAX_LINE + 1)
-    except OSError as exc:
-        raise ConfigurationError(f"Cannot read the head file {name}: {exc.strerror}.") from None
+        except OSError as exc:
+            raise ConfigurationError(f"Cannot read the head file {name}: {exc.strerror}.") from None
     if len(raw) > _MAX_LINE:
         raise ConfigurationError(f"The head file {name} is larger than any ledger head (over 1 MiB).")
     try:

@@ -873,7 +873,15 @@ def verify_records(
         k, digest = close.body["ledgerSeq"], close.body["ledgerDigest"]
         if partial and not ledger:
             continue
-        if k >= len(ledger):
+        if not ledger:
+            problems.append(
+                (
+                    close.index,
+                    f"{where}: run {run}'s closing record names ledger entry {k}, but there is no ledger chain "
+                    "(it was deleted; or this is a partial export, which `verify --partial` checks)",
+                )
+            )
+        elif k >= len(ledger):
             problems.append(
                 (
                     close.index,

@@ -7,16 +7,18 @@ This reader opens ``file:...?mode=ro`` when the database has a write-ahead log b
 ``immutable=1`` otherwise: with no ``-wal`` file there is no live writer, and an
 immutable open creates no ``-wal`` or ``-shm`` file, so the directory is left exactly as
 it was (and read-only media work). When a log is there but cannot be opened through
-(read-only media without its ``-shm``), the main file is read alone and a note says
-that the log's last transactions were not seen.
+(read-only media without its ``-shm``), a private copy of the file and its log is
+read instead (in a temporary directory, removed afterwards).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import sqlite3
 import stat
+import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +44,7 @@ class LedgerSnapshot:
     Attributes:
         receipts: stored records in chain order (per chain, chains in first-record order).
         runs: the run index, oldest first.
-        notes: what the reader should know (a write-ahead log it could not read).
+        notes: what the reader should know (a private copy was read).
     """
 
     receipts: list[StoredReceipt]
@@ -87,6 +89,14 @@ def _read(path: Path, mode: str, run_id: str | None) -> tuple[list[StoredReceipt
         conn.close()
 
 
+def _read_copy(path: Path, wal: Path, run_id: str | None) -> tuple[list[StoredReceipt], list[dict[str, Any]]]:
+    with tempfile.TemporaryDirectory(prefix="agentlanes-ledger-") as tmp:
+        copy = Path(tmp) / "agentlanes.db"
+        shutil.copyfile(path, copy)
+        shutil.copyfile(wal, Path(f"{copy}-wal"))
+        return _read(copy, "ro", run_id)
+
+
 def read_ledger(path: str | Path, run_id: str | None = None) -> LedgerSnapshot:
     """Receipts (all chains, or ``run_id``'s) and the run index of the SQLite store at
     ``path``, read without writing anything.
@@ -116,13 +126,10 @@ def read_ledger(path: str | Path, run_id: str | None = None) -> LedgerSnapshot:
             try:
                 receipts, runs = _read(path, "ro", run_id)
             except sqlite3.OperationalError:
-                # read-only media without the -shm file: read the main file alone
-                receipts, runs = _read(path, "immutable", run_id)
-                if wal.stat().st_size > 0:
-                    notes.append(
-                        f"{wal} could not be read on read-only media; transactions still in it are not included "
-                        "(copy the ledger with the store closed, or with its -shm file)"
-                    )
+                # read-only media without the -shm file SQLite needs to read through the
+                # log: read a private copy of the file and its log instead
+                receipts, runs = _read_copy(path, wal, run_id)
+                notes.append(f"read a private copy of {path} and its write-ahead log (read-only media without -shm)")
         else:
             before = _signature(path)
             receipts, runs = _read(path, "immutable", run_id)
@@ -131,4 +138,6 @@ def read_ledger(path: str | Path, run_id: str | None = None) -> LedgerSnapshot:
                 receipts, runs = _read(path, "ro", run_id)
     except sqlite3.DatabaseError as exc:
         raise ConfigurationError(f"Cannot read the receipt ledger {path}: {exc}.") from None
+    except OSError as exc:
+        raise ConfigurationError(f"Cannot read the receipt ledger {path}: {exc.strerror}.") from None
     return LedgerSnapshot(receipts, runs, tuple(notes))

@@ -89,7 +89,7 @@ def test_a_content_key_that_is_not_a_file_is_refused_without_hanging(tmp_path: P
     with pytest.raises(ConfigurationError, match="not a regular file"):
         ContentHasher(tmp_path / "k2" / "content.key")
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ConfigurationError, match="a file is in the way|is a file, not a directory"):
+    with pytest.raises(ConfigurationError, match=r"a file is in the way|is a file, not a directory"):
         ContentHasher(tmp_path / "file" / "keys" / "content.key")
 
 
