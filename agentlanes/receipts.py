@@ -893,6 +893,10 @@ def verify_records(
             problems.append(
                 (close.index, f"{where}: run {run}'s closing record names a ledger entry that is not in this ledger")
             )
+        elif (ledger[k].body["receiptCount"], ledger[k].body["headDigest"]) != (close.seq, close.body["headDigest"]):
+            problems.append(
+                (close.index, f"{where}: run {run}'s closing record and its ledger entry name different receipts")
+            )
     notes: list[str] = []
     if partial and not ledger:
         anchored.update({run: close.seq for run, close in closes.items()})  # closed; the ledger is not at hand

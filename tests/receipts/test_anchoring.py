@@ -338,6 +338,78 @@ async def test_concurrent_closes_of_one_run_write_one_closing_record(
     assert report.ok and report.closed == 2 and report.unanchored == (), report
 
 
+class Racing(Store):
+    """Holds every closing record back until all racers have written their ledger entry,
+    so each close reads the chain before any of them ends it."""
+
+    def __init__(self, inner: Store, racers: int, state: dict[str, int]) -> None:
+        self.inner, self.racers, self.state = inner, racers, state
+
+    async def append_receipt(self, run_id: str, body_: dict[str, Any], seal: Sealer) -> StoredReceipt:
+        if body_.get("kind") != "RunClose":
+            stored = await self.inner.append_receipt(run_id, body_, seal)
+            self.state["entries"] += body_.get("kind") == "LedgerEntry"
+            return stored
+        while self.state["entries"] < self.racers:
+            await anyio.sleep(0.005)
+
+        def counting(full: dict[str, Any]) -> tuple[str, str]:
+            try:
+                return seal(full)
+            except Exception:
+                self.state["refused"] += 1
+                raise
+
+        return await self.inner.append_receipt(run_id, body_, counting)
+
+    async def receipts(self, run_id: str | None = None) -> list[StoredReceipt]:
+        return await self.inner.receipts(run_id)
+
+    async def reserve(self, *a: Any, **k: Any) -> Any:
+        raise NotImplementedError
+
+    async def settle(self, *a: Any, **k: Any) -> Any:
+        raise NotImplementedError
+
+    async def release(self, *a: Any, **k: Any) -> Any:
+        raise NotImplementedError
+
+    async def window_states(self, *a: Any, **k: Any) -> Any:
+        raise NotImplementedError
+
+    async def record_run(self, *a: Any, **k: Any) -> Any:
+        raise NotImplementedError
+
+    async def runs(self) -> Any:
+        raise NotImplementedError
+
+
+async def test_closes_racing_from_several_workers_end_the_chain_once(
+    any_store: Callable[[], Store], tmp_path: Path
+) -> None:
+    signer = ReceiptSigner(tmp_path / "keys")
+    await fill(any_store(), signer, {"run-a": 3}, close=False)
+    state = {"entries": 0, "refused": 0}
+    closes: list[Receipt | None] = []
+
+    async def close() -> None:
+        closes.append(await close_run(Racing(any_store(), 4, state), signer, "run-a", status="succeeded"))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(close)
+    # three of the four found the chain already closed when their own close was sealed:
+    # the store rolled their append back and they returned the one closing record
+    assert state["refused"] == 3
+    assert len({c.digest for c in closes if c is not None}) == 1 and len(closes) == 4
+    texts = [r.text for r in await any_store().receipts()]
+    assert [payload(t)["kind"] for t in texts if json.loads(t)["runId"] == "run-a"] == ["EscalationReceipt"] * 3 + [
+        "RunClose"
+    ]
+    report = verify_records(texts, signer.public_key)
+    assert report.ok and report.closed == 1 and report.ledger_entries == 4, report
+
+
 # ----------------------------------------------------------------------- attacks
 
 
