@@ -16,6 +16,9 @@ from agentlanes.errors import ConfigurationError
 
 __all__ = ["create_key_file", "ensure_key_dir", "read_key_file", "tighten"]
 
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)  # a FIFO must not block the open
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+
 MAX_KEY_FILE = 64 * 1024
 """No key agentlanes reads is anywhere near this long; a larger file is not a key."""
 
@@ -27,7 +30,7 @@ def read_key_file(path: Path, what: str) -> bytes | None:
     it, so a wrong path can neither hang nor exhaust memory.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | getattr(os, "O_NOCTTY", 0))
+        fd = os.open(path, os.O_RDONLY | _NONBLOCK | _CLOEXEC | getattr(os, "O_NOCTTY", 0))
     except FileNotFoundError:
         return None
     except NotADirectoryError:
@@ -107,7 +110,7 @@ def create_key_file(path: Path, data: bytes) -> bool:
     """
     ensure_key_dir(path.parent)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
     try:
         fd = os.open(tmp, flags, 0o600)
     except OSError as exc:
@@ -116,7 +119,7 @@ def create_key_file(path: Path, data: bytes) -> bool:
         ) from None
     try:
         try:
-            os.fchmod(fd, 0o600)
+            _fchmod(fd)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
@@ -143,16 +146,23 @@ def create_key_file(path: Path, data: bytes) -> bool:
 
 def _create_exclusive(path: Path, data: bytes) -> bool:
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _CLOEXEC, 0o600)
     except FileExistsError:
         return False
     try:
-        os.fchmod(fd, 0o600)
+        _fchmod(fd)
         os.write(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
     return True
+
+
+def _fchmod(fd: int) -> None:
+    """0600 exactly, whatever the umask left (``os.fchmod`` is POSIX only before 3.13)."""
+    fchmod = getattr(os, "fchmod", None)
+    if fchmod is not None:
+        fchmod(fd, 0o600)
 
 
 def _sync_dir(directory: Path) -> None:

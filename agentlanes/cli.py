@@ -317,7 +317,7 @@ def _open_regular(name: str, what: str) -> IO[bytes]:
     import stat
 
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise ConfigurationError(f"Cannot read the {what} {name}: {exc.strerror}.") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -382,6 +382,8 @@ def _verifying_key(args: argparse.Namespace, data_dir: Path, head: Any) -> tuple
             f"verified with the key found in the data directory, {key_id_of(key)}; "
             "pin it with --public-key to detect a swapped key"
         )
+    if args.key_id and args.key_id == key_id_of(key) and not (args.public_key or head is not None):
+        how = f"verified with the key found in the data directory, {key_id_of(key)}, which matches --key-id"
     if args.key_id and args.key_id != key_id_of(key):
         raise ConfigurationError(
             f"The verifying key is {key_id_of(key)}, not the pinned {args.key_id}: the public key was replaced, or "

@@ -144,6 +144,10 @@ def test_closing_records_and_ledger_entries(home: Path, capsys: pytest.CaptureFi
         f"verified with the key found in the data directory, {key_id}; pin it with --public-key to detect a "
         "swapped key"
     )
+    code, out, err = verify(capsys, home, "--key-id", key_id)
+    assert code == 0, err
+    assert out.splitlines()[-1] == f"verified with the key found in the data directory, {key_id}, which matches " \
+        "--key-id"  # fmt: skip
 
 
 def test_the_head_is_kept_and_a_growing_ledger_still_extends_it(
