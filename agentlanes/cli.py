@@ -277,40 +277,141 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return resolve_data_dir(getattr(args, "data_dir", None))
 
 
-def _ledger_texts(data_dir: Path, run: str | None) -> list[str]:
-    import os
+def _ledger_texts(data_dir: Path, run: str | None) -> tuple[list[str], str, tuple[str, ...]]:
+    """The stored records (all chains, or one run's), where they came from, and notes.
 
+    A SQLite ledger is read without writing anything (it may be on read-only media);
+    ``AGENTLANES_STORE`` names a shared store instead."""
     import anyio
 
     from agentlanes.stores import open_store
+    from agentlanes.stores.readonly import read_ledger
 
-    db = data_dir / "agentlanes.db"
-    if not os.environ.get("AGENTLANES_STORE") and not db.is_file():
-        raise ConfigurationError(
-            f"No receipt ledger at {db}; pass --data-dir (or set AGENTLANES_HOME, or AGENTLANES_STORE for a shared "
-            "store)."
-        )
+    url = os.environ.get("AGENTLANES_STORE") or None
+    if url is None or url.startswith("sqlite:///"):
+        db = data_dir / "agentlanes.db" if url is None else Path(url[len("sqlite:///") - 1 :])
+        if url is None and not data_dir.is_dir():
+            raise ConfigurationError(
+                f"No data directory at {data_dir}; pass --data-dir (or set AGENTLANES_HOME, or AGENTLANES_STORE "
+                "for a shared store)."
+            )
+        snapshot = read_ledger(db, run)
+        return [r.text for r in snapshot.receipts], str(db), snapshot.notes
 
     async def read() -> list[str]:
-        store = open_store(None, data_dir)
+        store = open_store(url, data_dir)
         try:
             return [r.text for r in await store.receipts(run)]
         finally:
             await store.aclose()
 
-    return anyio.run(read)
+    return anyio.run(read), url.split("@")[-1], ()
+
+
+_MAX_LINE = 1 << 20
+
+
+def _open_regular(name: str, what: str) -> IO[bytes]:
+    """``name`` opened for reading, refused unless it is a regular file (a FIFO would
+    block the open itself, a device would never end)."""
+    import stat
+
+    try:
+        fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise ConfigurationError(f"Cannot read the {what} {name}: {exc.strerror}.") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigurationError(f"The {what} {name} is not a regular file.")
+    return os.fdopen(fd, "rb", buffering=1 << 16)
+
+
+def _read_records_file(name: str) -> list[str]:
+    """Lines of an exported records file, refusing what is not a regular text file."""
+    lines: list[str] = []
+    with _open_regular(name, "receipts file") as fh:
+        try:
+            for lineno, raw in enumerate(iter(lambda: fh.readline(_MAX_LINE + 1), b""), start=1):
+                if len(raw) > _MAX_LINE:
+                    raise ConfigurationError(f"{name}, line {lineno}: longer than any receipt record (over 1 MiB).")
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise ConfigurationError(
+                        f"{name}, line {lineno}: not UTF-8 text (not exported receipts)."
+                    ) from None
+                if line.strip():
+                    lines.append(line.rstrip("\n"))
+        except OSError as exc:
+            raise ConfigurationError(f"Cannot read the receipts file {name}: {exc.strerror}.") from None
+    return lines
+
+
+def _read_head(name: str) -> Any:
+    from agentlanes.receipts import LedgerHead
+
+    with _open_regular(name, "head file") as fh:
+        try:
+            raw = fh.read(_MAX_LINE + 1)
+        except OSError as exc:
+            raise ConfigurationError(f"Cannot read the head file {name}: {exc.strerror}.") from None
+    if len(raw) > _MAX_LINE:
+        raise ConfigurationError(f"The head file {name} is larger than any ledger head (over 1 MiB).")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError):
+        raise ConfigurationError(
+            f"The head file {name} is not JSON; keep the output of `agentlanes receipts head` unchanged."
+        ) from None
+    return LedgerHead.from_json(data, source=f"The head file {name}")
+
+
+def _verifying_key(args: argparse.Namespace, data_dir: Path, head: Any) -> tuple[Any, str]:
+    """The key to verify with, and how it was found (said in the output)."""
+    from agentlanes.receipts import data_dir_public_key, key_id_of, load_public_key, read_public_key
+
+    if args.public_key:
+        key = read_public_key(Path(args.public_key))
+        how = f"verified with the pinned key {args.public_key}, {key_id_of(key)}"
+    elif head is not None and head.public_key_pem is not None:
+        key = load_public_key(head.public_key_pem, source=f"The public key in the head file {args.head}")
+        how = f"verified with the key pinned by the head {args.head}, {key_id_of(key)}"
+    else:
+        key = data_dir_public_key(data_dir / "keys")
+        how = (
+            f"verified with the key found in the data directory, {key_id_of(key)}; "
+            "pin it with --public-key to detect a swapped key"
+        )
+    if args.key_id and args.key_id == key_id_of(key) and not (args.public_key or head is not None):
+        how = f"verified with the key found in the data directory, {key_id_of(key)}, which matches --key-id"
+    if args.key_id and args.key_id != key_id_of(key):
+        raise ConfigurationError(
+            f"The verifying key is {key_id_of(key)}, not the pinned {args.key_id}: the public key was replaced, or "
+            "the wrong one was given."
+        )
+    return key, how
 
 
 def _cmd_receipts(args: argparse.Namespace) -> int:
-    from agentlanes.receipts import ReceiptSigner, load_public_key, verify_records
+    from agentlanes.receipts import data_dir_public_key, ledger_head, verify_records
 
     data_dir = _data_dir(args)
     try:
         if args.action == "public-key":
-            print(ReceiptSigner(data_dir / "keys").public_pem(), end="")
+            if not data_dir.is_dir():
+                raise ConfigurationError(
+                    f"No data directory at {data_dir}, so no receipts key there; check --data-dir (or AGENTLANES_HOME)."
+                )
+            from cryptography.hazmat.primitives import serialization
+
+            key = data_dir_public_key(data_dir / "keys")
+            pem = key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            print(pem.decode(), end="")
             return 0
         if args.action == "export":
-            texts = _ledger_texts(data_dir, args.run)
+            texts, _, export_notes = _ledger_texts(data_dir, args.run)
+            for note in export_notes:
+                _err(f"note: {note}")
             out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
             try:
                 for text in texts:
@@ -319,29 +420,50 @@ def _cmd_receipts(args: argparse.Namespace) -> int:
                 if out is not sys.stdout:
                     out.close()
             if args.output:
-                print(f"exported {len(texts)} receipt(s) to {args.output}", file=sys.stderr)
+                print(f"exported {len(texts)} record(s) to {args.output}", file=sys.stderr)
             return 0
-        # verify
-        key_path = Path(args.public_key) if args.public_key else data_dir / "keys" / "receipts-ed25519.pub.pem"
-        if not key_path.is_file():
-            raise ConfigurationError(f"No public key at {key_path}; pass --public-key FILE.")
-        key = load_public_key(key_path.read_bytes())
-        if args.file:
-            with open(args.file, encoding="utf-8") as fh:
-                texts = [line.rstrip("\n") for line in fh if line.strip()]
+        head = _read_head(args.head) if getattr(args, "head", None) else None
+        key, how = _verifying_key(args, data_dir, head)
+        notes: tuple[str, ...] = ()
+        if getattr(args, "file", None):
+            texts = _read_records_file(args.file)
             source = args.file
         else:
-            texts = _ledger_texts(data_dir, None)
-            store_url = os.environ.get("AGENTLANES_STORE")
-            source = store_url.split("@")[-1] if store_url else str(data_dir / "agentlanes.db")
+            texts, source, notes = _ledger_texts(data_dir, None)
     except (ConfigurationError, OSError) as exc:
-        _err(str(exc))
+        _err(str(exc) if isinstance(exc, ConfigurationError) else f"{exc.filename}: {exc.strerror}.")
         return 1
-    report = verify_records(texts, key)
+    for note in notes:
+        _err(f"note: {note}")
+    report = verify_records(texts, key, head=head, partial=getattr(args, "partial", False))
     if report.problem is not None:
         _err(f"receipt verification failed in {source}: {report.problem[1]}")
         return 1
-    print(f"ok: {report.checked} receipt(s) in {report.runs} run chain(s) verified ({source})")
+    if args.action == "head":
+        text = json.dumps(ledger_head(texts, key).to_json(), indent=2) + "\n"
+        if report.ledger_entries == 0:
+            _err("note: no run has been closed in this ledger yet; the head is empty (count 0)")
+        if args.output:
+            try:
+                with open(args.output, "w", encoding="utf-8") as fh:
+                    fh.write(text)
+            except OSError as exc:
+                _err(f"Cannot write the head to {args.output}: {exc.strerror}.")
+                return 1
+        else:
+            sys.stdout.write(text)
+        return 0
+    print(f"ok: {report.receipts} receipt(s) in {report.runs} run chain(s) verified ({source})")
+    if report.ledger_entries:
+        print(
+            f"anchored: {report.closed} run(s) closed in a ledger chain of {report.ledger_entries} entr"
+            f"{'y' if report.ledger_entries == 1 else 'ies'}, head {report.head_digest}"
+        )
+    if head is not None:
+        print(f"extends the head {args.head} ({head.count} entr{'y' if head.count == 1 else 'ies'}, {head.digest})")
+    for note in report.notes:
+        print(f"note: {note}")
+    print(how)
     return 0
 
 
@@ -507,16 +629,22 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--data-dir", help="where the run is recorded (default: AGENTLANES_HOME or ./.agentlanes)")
     demo.set_defaults(func=_cmd_demo)
 
-    receipts = sub.add_parser("receipts", help="export or verify the signed escalation receipts")
+    receipts = sub.add_parser("receipts", help="export, verify or anchor the signed escalation receipts")
     rsub = receipts.add_subparsers(dest="action", required=True, metavar="ACTION")
-    exp = rsub.add_parser("export", help="write the receipts as JSON lines, in chain order")
-    exp.add_argument("--run", help="only this run's chain")
+    exp = rsub.add_parser("export", help="write the stored records as JSON lines, in chain order")
+    exp.add_argument("--run", help="only this run's chain (verify such a file with --partial)")
     exp.add_argument("-o", "--output", help="file to write (default: stdout)")
     ver = rsub.add_parser("verify", help="verify an exported file, or the ledger when no file is given")
-    ver.add_argument("file", nargs="?", help="exported receipts (JSON lines)")
-    ver.add_argument("--public-key", help="PEM public key (default: the data directory's)")
-    pk = rsub.add_parser("public-key", help="print the receipts public key (PEM)")
-    for p in (exp, ver, pk):
+    ver.add_argument("file", nargs="?", help="exported records (JSON lines)")
+    ver.add_argument("--head", metavar="FILE", help="a head kept from `receipts head`: the ledger must extend it")
+    ver.add_argument("--partial", action="store_true", help="the file holds some runs only (`export --run`)")
+    head = rsub.add_parser("head", help="print the ledger's signed head (JSON), to keep outside the data directory")
+    head.add_argument("-o", "--output", help="file to write (default: stdout)")
+    for p in (ver, head):
+        p.add_argument("--public-key", metavar="FILE", help="PEM public key to verify with (pins the key)")
+        p.add_argument("--key-id", metavar="ID", help="refuse any key but this one (ed25519:...)")
+    pk = rsub.add_parser("public-key", help="print the receipts public key (PEM); never creates one")
+    for p in (exp, ver, head, pk):
         p.add_argument("--data-dir", help="data directory (default: AGENTLANES_HOME or ./.agentlanes)")
     receipts.set_defaults(func=_cmd_receipts)
 

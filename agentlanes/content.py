@@ -2,9 +2,16 @@
 
 Prompts, outputs, tool arguments and results, and error texts are recorded as
 ``hmac-sha256:<hex>`` digests under a per-installation key kept in the data directory
-(``<data-dir>/keys/content.key``, created on first use, mode 0600). The same text always
-gives the same digest on one installation (so runs can be compared), and nobody without
-the key can confirm a guess of the text.
+(``<data-dir>/keys/content.key``, created on first use, mode 0600 in a 0700 directory).
+The same text always gives the same digest on one installation (so runs can be
+compared), and nobody without the key can confirm a guess of the text.
+
+The key file holds exactly 64 hexadecimal digits (32 random bytes), optionally followed
+by a newline. Anything else (an empty or truncated file, other characters, 32 equal
+bytes) is refused with a :class:`~agentlanes.errors.ConfigurationError` naming the file:
+agentlanes never replaces a key file that exists, because digests made with the old key
+would silently stop matching. A missing key is created (atomically: concurrent first
+uses agree on one key).
 """
 
 from __future__ import annotations
@@ -17,37 +24,80 @@ import stat
 import threading
 from pathlib import Path
 
+from agentlanes._keyfile import create_key_file, read_key_file, tighten
 from agentlanes.errors import ConfigurationError
 
 __all__ = ["DIGEST_RE", "ContentError", "ContentHasher", "ContentStore"]
 
+_KEY_BYTES = 32
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _parse_content_key(data: bytes, path: Path) -> bytes:
+    fix = (
+        "restore the original file from a backup (a new key would make every earlier content digest "
+        "unmatchable), or, to start over deliberately, delete it and agentlanes makes a new one."
+    )
+    text = data.decode("ascii", "replace").strip()
+    if not text:
+        raise ConfigurationError(f"The content key {path} is empty; {fix}")
+    if len(text) != 2 * _KEY_BYTES or not set(text) <= _HEX:
+        raise ConfigurationError(
+            f"The content key {path} is malformed: it must hold exactly {2 * _KEY_BYTES} hexadecimal digits "
+            f"({_KEY_BYTES} random bytes), and it holds {len(text)} characters"
+            + ("" if set(text) <= _HEX else " that are not all hexadecimal")
+            + f"; {fix}"
+        )
+    key = bytes.fromhex(text)
+    if len(set(key)) == 1:
+        raise ConfigurationError(f"The content key {path} is {_KEY_BYTES} equal bytes, not a random key; {fix}")
+    return key
+
 
 class ContentHasher:
-    """Keyed digests of content, with a key loaded from (or created in) ``key_path``."""
+    """Keyed digests of content, with a key loaded from (or created in) ``key_path``.
+
+    Args:
+        key_path: the key file (``<data-dir>/keys/content.key``); created when missing.
+        key: an explicit key instead (at least 32 bytes); a fresh random one when
+            neither is given.
+
+    Raises:
+        ConfigurationError: the key file is empty, short, malformed or unreadable.
+    """
 
     def __init__(self, key_path: Path | None = None, *, key: bytes | None = None) -> None:
         if key is None:
-            key = secrets.token_bytes(32) if key_path is None else self._load_or_create(key_path)
+            key = secrets.token_bytes(_KEY_BYTES) if key_path is None else self._load_or_create(key_path)
+        elif len(key) < _KEY_BYTES:
+            raise ConfigurationError(f"A content key must be at least {_KEY_BYTES} bytes; this one has {len(key)}.")
         self._key = key
         self._memo: dict[str, str] = {}
 
+    @classmethod
+    def existing(cls, path: Path) -> ContentHasher:
+        """The hasher of an existing key, read without writing anything (replays read a
+        data directory that may not be theirs, or be read-only)."""
+        data = read_key_file(path, "content key")
+        if data is None:
+            raise ConfigurationError(
+                f"{path} is missing: exact replay compares keyed digests, so it needs the data directory the run "
+                "was recorded in (--data-dir)."
+            )
+        return cls(key=_parse_content_key(data, path))
+
     @staticmethod
     def _load_or_create(path: Path) -> bytes:
-        if path.exists():
-            return bytes.fromhex(path.read_text().strip())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        key = secrets.token_bytes(32)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(key.hex())
-        try:
-            os.link(tmp, path)  # atomic: the first writer wins, others read its key
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-        return bytes.fromhex(path.read_text().strip())
+        data = read_key_file(path, "content key")
+        if data is None:
+            create_key_file(path, secrets.token_bytes(_KEY_BYTES).hex().encode("ascii") + b"\n")
+            # whoever won the race to create it, everybody uses what is on disk
+            data = read_key_file(path, "content key")
+            if data is None:
+                raise ConfigurationError(f"The content key {path} vanished right after it was created; try again.")
+        else:
+            tighten(path)
+        return _parse_content_key(data, path)
 
     def digest(self, text: str | bytes) -> str:
         """``hmac-sha256:<hex>`` of ``text``.

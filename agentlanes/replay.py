@@ -822,13 +822,7 @@ async def replay(
     record = load_record(path)
     index = _index_entry(home, record.run_id)
     _preflight(record, path, index)
-    key_path = home / "keys" / "content.key"
-    if not key_path.is_file():
-        raise ConfigurationError(
-            f"{key_path} is missing: exact replay compares keyed digests, so it needs the data directory the run "
-            "was recorded in (--data-dir)."
-        )
-    hasher = ContentHasher(key_path)
+    hasher = ContentHasher.existing(home / "keys" / "content.key")
     content = ContentStore(home / "content", create=False)
 
     target: Any
