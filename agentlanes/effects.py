@@ -26,7 +26,7 @@ import anyio
 from agentlanes.approval import Approval, ApprovalRequest, Approver
 from agentlanes.budget import Refusal, Reservation
 from agentlanes.models.base import Message, Model, ModelResponse, ModelSettings
-from agentlanes.receipts import Receipt
+from agentlanes.receipts import Receipt, close_run
 from agentlanes.signals import SignalSnapshot
 from agentlanes.verifiers import Verifier, VerifierResult, VerifyContext
 
@@ -176,6 +176,10 @@ class LiveEffects(Effects):
 
     async def end_run(self, run: RunState, entry: Mapping[str, Any]) -> None:
         await self._store().record_run(entry)
+        if run.receipts:
+            # anchor the run's receipts: its chain's signed closing record, and an entry
+            # in the ledger's own chain (deleting or cutting them is then detected)
+            await close_run(self._store(), self._signer(), run.run_id, status=run.status)
 
     async def route_inputs(self, run: RunState, record: StageRecord) -> RouteInputs:
         signals = await self._signals.snapshot()
