@@ -12,15 +12,21 @@
    every window, send through the effects under a timeout, settle the actual price (or
    release) in a shielded scope, record the call.
 
-Streaming will add one twin per layer. Nothing here does I/O but through the effects.
+Streaming is the same path with a twin terminal layer: :func:`open_stream` falls back
+and retries like a request until the stream's first event arrives (after that nothing
+can be taken back), and :class:`LaneStream` then yields the rest and settles what the
+call used when it ends, however it ends (finished, closed early, failed, cancelled).
+Nothing here does I/O but through the effects.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay
@@ -30,7 +36,21 @@ from agentlanes.effects import Call
 from agentlanes.errors import BudgetExhausted, ConfigurationError, ModelError
 from agentlanes.events import BudgetRefused, CallEnded, ModelCooled, Rerouted
 from agentlanes.lanes import PREMIUM_LANES
-from agentlanes.models.base import Message, Model, ModelResponse, ModelSettings, ProviderError, Usage, estimate_tokens
+from agentlanes.models.base import (
+    Message,
+    Model,
+    ModelResponse,
+    ModelSettings,
+    ProviderError,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+    estimate_input_tokens,
+    estimate_tokens,
+    prompt_text,
+    response_body,
+)
 from agentlanes.result import CallRecord, RefusalRecord
 
 if TYPE_CHECKING:
@@ -38,7 +58,9 @@ if TYPE_CHECKING:
     from agentlanes.decision import RouteDecision
     from agentlanes.result import StageRecord
 
-__all__ = ["LaneModels", "RetryPolicy", "call"]
+__all__ = ["Charge", "LaneModels", "LaneStream", "RetryPolicy", "call", "charge_external", "open_stream"]
+
+T = TypeVar("T")
 
 # Usage beyond this is not a token count any model reports (and would not price exactly).
 _MAX_TOKENS = 2**40
@@ -98,6 +120,23 @@ class _Reroute(Exception):
 
 
 async def call(engine: RunEngine, site: Site, messages: list[Message], settings: ModelSettings) -> ModelResponse:
+    """A model request on the stage's lane, through every layer."""
+    return await _on_lanes(engine, site, messages, settings, _attempt)
+
+
+async def open_stream(engine: RunEngine, site: Site, messages: list[Message], settings: ModelSettings) -> LaneStream:
+    """A streamed model request on the stage's lane: the same layers up to the stream's
+    first event; the caller must close the returned stream (``async with``)."""
+    opened = await _on_lanes(engine, site, messages, settings, _open)
+    return LaneStream(engine, site, opened)
+
+
+Attempt = Callable[["RunEngine", Site, str, Model, Sequence[Message], ModelSettings, int], Awaitable[T]]
+
+
+async def _on_lanes(
+    engine: RunEngine, site: Site, messages: list[Message], settings: ModelSettings, attempt: Attempt[T]
+) -> T:
     """Layer 1: run the call on the stage's lane, falling back to cheaper lanes."""
     tried: list[tuple[str, str]] = []
     last_error: BaseException | None = None
@@ -114,7 +153,7 @@ async def call(engine: RunEngine, site: Site, messages: list[Message], settings:
                 f"(bound lanes: {', '.join(engine.models.bound) or 'none'}); add one in Lanes(models={{...}})."
             )
         try:
-            return await _on_models(engine, site, lane, messages, settings)
+            return await _on_models(engine, site, lane, messages, settings, attempt)
         except _Reroute as signal:
             if signal.__cause__ is not None:
                 last_error = signal.__cause__
@@ -143,7 +182,7 @@ async def call(engine: RunEngine, site: Site, messages: list[Message], settings:
                     refusal = site.record.refusals[-1]
                     raise BudgetExhausted(
                         f"Stage {site.name!r}: {_refusal_text(engine, refusal)} The optimizer says 'downgrade', but "
-                        f"no cheaper feasible lane remains. {_budget_fix()}",
+                        f"no cheaper feasible lane remains. {_budget_fix(refusal)}",
                         refusal=Refusal(refusal.window, engine.run.run_id, refusal.reason, refusal.available),
                         run_id=engine.run.run_id,
                         stage=site.name,
@@ -159,13 +198,18 @@ async def call(engine: RunEngine, site: Site, messages: list[Message], settings:
 
 
 async def _on_models(
-    engine: RunEngine, site: Site, lane: str, messages: list[Message], settings: ModelSettings
-) -> ModelResponse:
+    engine: RunEngine,
+    site: Site,
+    lane: str,
+    messages: list[Message],
+    settings: ModelSettings,
+    attempt: Attempt[T],
+) -> T:
     """Layer 2: the lane's models in order; one that fails all retries cools down."""
     last: ModelError | None = None
     for model in engine.models.available(lane, engine.effects.now_ns()):
         try:
-            return await _with_retry(engine, site, lane, model, messages, settings)
+            return await _with_retry(engine, site, lane, model, messages, settings, attempt)
         except ModelError as exc:
             if not exc.retryable:
                 # The request itself was refused (a 4xx): another model or lane would
@@ -178,8 +222,14 @@ async def _on_models(
 
 
 async def _with_retry(
-    engine: RunEngine, site: Site, lane: str, model: Model, messages: list[Message], settings: ModelSettings
-) -> ModelResponse:
+    engine: RunEngine,
+    site: Site,
+    lane: str,
+    model: Model,
+    messages: list[Message],
+    settings: ModelSettings,
+    attempt: Attempt[T],
+) -> T:
     """Layer 3: retry one model with backoff; ``ModelError`` once retries are spent."""
     policy = engine.config.retry
     effects = engine.effects
@@ -201,7 +251,7 @@ async def _with_retry(
     # The first attempt runs directly: tenacity's machinery is only built once a
     # retryable failure has happened (it is most of a stage's overhead otherwise).
     try:
-        return await _attempt(engine, site, lane, model, messages, settings, 1)
+        return await attempt(engine, site, lane, model, messages, settings, 1)
     except ProviderError as exc:
         if not exc.retryable or policy.attempts <= 1:
             raise fail(exc, 1) from exc
@@ -216,10 +266,10 @@ async def _with_retry(
         reraise=True,
     )
     try:
-        async for attempt in retrying:
-            with attempt:
-                number = attempt.retry_state.attempt_number + 1
-                return await _attempt(engine, site, lane, model, messages, settings, number)
+        async for trying in retrying:
+            with trying:
+                number = trying.retry_state.attempt_number + 1
+                return await attempt(engine, site, lane, model, messages, settings, number)
     except ProviderError as exc:
         raise fail(exc, 1 + int(retrying.statistics.get("attempt_number", 1))) from exc
     raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
@@ -236,10 +286,14 @@ def _refusal_text(engine: RunEngine, refusal: RefusalRecord) -> str:
     )
 
 
-def _budget_fix() -> str:
+def _budget_fix(refusal: RefusalRecord) -> str:
+    what = {"cap": "maxSpend", "high-end-share": "highEndMaxShare", "pro-share": "proMaxShare"}.get(
+        refusal.reason, "maxSpend"
+    )
     return (
-        "Raise the window's maxSpend (or highEndMaxShare / proMaxShare) in the optimizer document and pass it as "
-        "Lanes(bundle=load_bundle(optimizer=...)), or lower the call's max_tokens."
+        f"To allow more, raise {what} of the {refusal.window!r} window in the optimizer document "
+        "(budgetPolicy.windows) and pass it as Lanes(optimizer=...), price the lane lower in the catalog "
+        "(Lanes(catalog=...)), or ask for fewer tokens (max_tokens)."
     )
 
 
@@ -253,7 +307,142 @@ def valid_usage(usage: Any) -> bool:
             return False
         if not 0 <= n <= _MAX_TOKENS:
             return False
-    return True
+    return usage.cached_input_tokens <= usage.input_tokens
+
+
+async def _reserve(
+    engine: RunEngine, site: Site, lane: str, messages: Sequence[Message], settings: ModelSettings
+) -> tuple[Reservation, int]:
+    """Layer 4, budget: reserve the call's estimate, or refuse (a recorded step)."""
+    config, effects, run, record = engine.config, engine.effects, engine.run, site.record
+    est_in = estimate_input_tokens(messages, settings)
+    estimate = to_micro(config.router.call_cost(lane, input_tokens=est_in, output_tokens=settings.max_tokens))
+    # A reservation made must be seen, to be released: shield it (unless the effects
+    # cannot be interrupted halfway anyway).
+    with anyio.CancelScope(shield=not effects.cancel_safe):
+        held = await effects.reserve(run, record, lane, estimate)
+    if isinstance(held, Refusal):
+        refusal = RefusalRecord(lane, held.window, held.reason, held.available, estimate, run.next_step())
+        record.refusals.append(refusal)
+        engine.emit(BudgetRefused(run, record, lane, held, estimate, refusal.step))
+        if config.on_budget_pressure == "downgrade":
+            raise _Reroute(lane, "budget-pressure", float(from_micro(held.available)))
+        raise BudgetExhausted(
+            f"Stage {site.name!r}: {_refusal_text(engine, refusal)} The optimizer says "
+            f"{config.on_budget_pressure!r} under budget pressure. {_budget_fix(refusal)}",
+            refusal=held,
+            run_id=run.run_id,
+            stage=site.name,
+        )
+    return held, estimate
+
+
+def _begin(
+    engine: RunEngine,
+    site: Site,
+    lane: str,
+    model: Model,
+    messages: Sequence[Message],
+    settings: ModelSettings,
+    number: int,
+    estimate: int,
+    *,
+    streamed: bool,
+) -> tuple[CallRecord, str]:
+    """The call's record, numbered: what the record keeps before the request is sent."""
+    config, run = engine.config, engine.run
+    text = prompt_text(messages, settings)  # digest and stored body
+    call = CallRecord(
+        lane,
+        model.name,
+        model.provider,
+        number,
+        estimate,
+        0,
+        None,
+        False,
+        0.0,
+        prompt_digest=config.hasher.digest(text),
+    )
+    call.max_tokens = settings.max_tokens
+    call.streamed = streamed
+    if config.capture_content:
+        call.prompt_text = engine.messages_json(messages)
+    site.record.calls.append(call)
+    call.step = run.next_step()
+    call.started_ns = engine.effects.now_ns()
+    return call, text
+
+
+async def _failed(
+    engine: RunEngine,
+    site: Site,
+    call: CallRecord,
+    reservation: Reservation,
+    exc: BaseException,
+    prompt: str,
+    used: Usage | None = None,
+    partial: ModelResponse | None = None,
+) -> None:
+    """A call ended in an error: charge what it used (what the error says, or ``used``
+    when part of a stream arrived), else release; record it (with ``partial``, what of
+    a stream arrived before it ended)."""
+    effects = engine.effects
+    call.duration = (effects.now_ns() - call.started_ns) / 1e9
+    usage = getattr(exc, "usage", None)
+    if not valid_usage(usage):
+        usage = used
+    with anyio.CancelScope(shield=not effects.cancel_safe):
+        if usage is not None and valid_usage(usage):
+            call.usage = usage
+            call.usage_estimated = used is not None and usage is used
+            call.charged = await effects.settle(reservation, _price(engine, call.lane, usage))
+        else:
+            await effects.release(reservation)
+    call.error = getattr(exc, "recorded_type", None) or type(exc).__name__
+    call.status = getattr(exc, "status", None)
+    call.retryable = bool(getattr(exc, "retryable", False))
+    body = None
+    if partial is not None:
+        body, call.output_format = response_body(partial)
+        call.output_digest = engine.config.hasher.digest(body)
+    engine.emit(CallEnded(engine.run, site.record, call, prompt, body))
+
+
+async def _succeeded(
+    engine: RunEngine, site: Site, call: CallRecord, reservation: Reservation, response: ModelResponse, prompt: str
+) -> None:
+    """A call answered: settle its actual price, record it (the body for replay too)."""
+    config, effects, run = engine.config, engine.effects, engine.run
+    call.duration = (effects.now_ns() - call.started_ns) / 1e9
+    shield = not effects.cancel_safe
+    if not valid_usage(response.usage):
+        # The call reached the model: charge what was reserved, never hold it.
+        with anyio.CancelScope(shield=shield):
+            call.charged = await effects.settle(reservation, reservation.amount)
+        call.error = "ModelError"
+        engine.emit(CallEnded(run, site.record, call, prompt, None))
+        raise ModelError(
+            f"Stage {site.name!r}: {call.provider}/{call.model} reported usage that is not a token count "
+            f"({response.usage!r}); the call was charged its reserved {from_micro(reservation.amount)} "
+            f"{config.currency}.",
+            run_id=run.run_id,
+            stage=site.name,
+        )
+    with anyio.CancelScope(shield=shield):
+        call.charged = await effects.settle(reservation, _price(engine, call.lane, response.usage))
+    body, form = response_body(response)
+    call.ok = True
+    call.usage = response.usage
+    call.usage_estimated = response.usage_estimated
+    call.response_model = response.model_name
+    call.finish_reason = response.finish_reason
+    call.output_format = form
+    call.tool_calls = len(response.tool_calls)
+    call.output_digest = config.hasher.digest(body)
+    if config.capture_content:
+        call.output_text = engine.response_json(response)
+    engine.emit(CallEnded(run, site.record, call, prompt, body))
 
 
 async def _attempt(
@@ -266,89 +455,301 @@ async def _attempt(
     number: int,
 ) -> ModelResponse:
     """Layers 4 and 5: reserve, send (under a timeout), settle, record."""
-    config, effects, run, record = engine.config, engine.effects, engine.run, site.record
-    est_in = sum(estimate_tokens(m.content) for m in messages)
-    estimate = to_micro(config.router.call_cost(lane, input_tokens=est_in, output_tokens=settings.max_tokens))
-    shield = not effects.cancel_safe
-    # A reservation made must be seen, to be released: shield it (unless the effects
-    # cannot be interrupted halfway anyway).
-    with anyio.CancelScope(shield=shield):
-        held = await effects.reserve(run, record, lane, estimate)
-    if isinstance(held, Refusal):
-        refusal = RefusalRecord(lane, held.window, held.reason, held.available, estimate, run.next_step())
-        record.refusals.append(refusal)
-        engine.emit(BudgetRefused(run, record, lane, held, estimate, refusal.step))
-        if config.on_budget_pressure == "downgrade":
-            raise _Reroute(lane, "budget-pressure", float(from_micro(held.available)))
-        raise BudgetExhausted(
-            f"Stage {site.name!r}: {_refusal_text(engine, refusal)} The optimizer says "
-            f"{config.on_budget_pressure!r} under budget pressure. {_budget_fix()}",
-            refusal=held,
-            run_id=run.run_id,
-            stage=site.name,
-        )
-    reservation: Reservation = held
-    prompt_text = "\n".join(f"{m.role}:{m.content}" for m in messages)  # digest and stored body
-    digest = config.hasher.digest(prompt_text)
-    call = CallRecord(lane, model.name, model.provider, number, estimate, 0, None, False, 0.0, prompt_digest=digest)
-    call.max_tokens = settings.max_tokens
-    if config.capture_content:
-        call.prompt_text = engine.messages_json(messages)
-    record.calls.append(call)
-    call.step = run.next_step()
-    call.started_ns = started = effects.now_ns()
-    timeout = settings.timeout or config.call_timeout
+    reservation, estimate = await _reserve(engine, site, lane, messages, settings)
+    call, prompt = _begin(engine, site, lane, model, messages, settings, number, estimate, streamed=False)
+    timeout = settings.timeout or engine.config.call_timeout
     try:
         with anyio.fail_after(timeout):
-            response = await effects.request(
-                Call(run, record, call.step, lane, model, list(messages), settings, digest, prompt_text)
+            response = await engine.effects.request(
+                Call(
+                    engine.run,
+                    site.record,
+                    call.step,
+                    lane,
+                    model,
+                    list(messages),
+                    settings,
+                    call.prompt_digest or "",
+                    prompt,
+                )
             )
     except BaseException as exc:
-        call.duration = (effects.now_ns() - started) / 1e9
-        usage = getattr(exc, "usage", None)
-        with anyio.CancelScope(shield=shield):
-            if isinstance(usage, Usage) and valid_usage(usage):
-                call.charged = await effects.settle(reservation, _price(engine, lane, usage))
-            else:
-                await effects.release(reservation)
-        call.error = getattr(exc, "recorded_type", None) or type(exc).__name__
-        call.status = getattr(exc, "status", None)
-        call.retryable = bool(getattr(exc, "retryable", False))
-        engine.emit(CallEnded(run, record, call, prompt_text, None))
+        await _failed(engine, site, call, reservation, exc, prompt)
         if isinstance(exc, TimeoutError):
             raise ProviderError(f"{model.provider}: no answer within {timeout:g}s", retryable=True) from exc
         raise
-    call.duration = (effects.now_ns() - started) / 1e9
-    if not valid_usage(response.usage):
-        # The call reached the model: charge what was reserved, never hold it.
-        with anyio.CancelScope(shield=shield):
-            call.charged = await effects.settle(reservation, reservation.amount)
-        call.error = "ModelError"
-        engine.emit(CallEnded(run, record, call, prompt_text, None))
-        raise ModelError(
-            f"Stage {site.name!r}: {model.provider}/{model.name} reported usage that is not a token count "
-            f"({response.usage!r}); the call was charged its reserved {from_micro(reservation.amount)} "
-            f"{config.currency}.",
-            run_id=run.run_id,
-            stage=site.name,
-        )
-    actual = _price(engine, lane, response.usage)
-    with anyio.CancelScope(shield=shield):
-        call.charged = await effects.settle(reservation, actual)
-    call.ok = True
-    call.usage = response.usage
-    call.usage_estimated = response.usage_estimated
-    call.response_model = response.model_name
-    call.output_digest = config.hasher.digest(response.text)
-    if config.capture_content:
-        call.output_text = response.text
-    engine.emit(CallEnded(run, record, call, prompt_text, response.text))
+    await _succeeded(engine, site, call, reservation, response, prompt)
     return response
 
 
 def _price(engine: RunEngine, lane: str, usage: Usage) -> int:
+    cached = int(usage.cached_input_tokens)
     return to_micro(
         engine.config.router.call_cost(
-            lane, input_tokens=int(usage.input_tokens), output_tokens=int(usage.output_tokens)
+            lane,
+            input_tokens=int(usage.input_tokens) - cached,
+            output_tokens=int(usage.output_tokens),
+            cache_read_tokens=cached,
         )
     )
+
+
+# ------------------------------------------------------------------ streaming
+
+
+@dataclass
+class _Opened:
+    """A stream whose first event arrived (what the layers above return)."""
+
+    events: AsyncIterator[Any]
+    first: Any
+    call: CallRecord
+    reservation: Reservation
+    prompt: str
+    timeout: float
+    estimate_in: int
+
+
+async def _open(
+    engine: RunEngine,
+    site: Site,
+    lane: str,
+    model: Model,
+    messages: Sequence[Message],
+    settings: ModelSettings,
+    number: int,
+) -> _Opened:
+    """The terminal layer's streaming twin: reserve, open the stream, wait (under the
+    timeout) for its first event. A failure up to here is retried like a request's."""
+    reservation, estimate = await _reserve(engine, site, lane, messages, settings)
+    call, prompt = _begin(engine, site, lane, model, messages, settings, number, estimate, streamed=True)
+    timeout = settings.timeout or engine.config.call_timeout
+    events = engine.effects.stream(
+        Call(
+            engine.run, site.record, call.step, lane, model, list(messages), settings, call.prompt_digest or "", prompt
+        )
+    )
+    try:
+        with anyio.fail_after(timeout):
+            first = await events.__anext__()
+    except BaseException as exc:
+        await _close(events)
+        if isinstance(exc, StopAsyncIteration):
+            exc = ProviderError(f"{model.provider}: the stream ended before any event", retryable=True)
+        await _failed(engine, site, call, reservation, exc, prompt)
+        if isinstance(exc, TimeoutError):
+            raise ProviderError(f"{model.provider}: no answer within {timeout:g}s", retryable=True) from exc
+        raise exc from None
+    return _Opened(events, first, call, reservation, prompt, timeout, estimate_input_tokens(messages, settings))
+
+
+async def _close(events: AsyncIterator[Any]) -> None:
+    aclose = getattr(events, "aclose", None)
+    if aclose is not None:
+        # a broken stream must not hide why it is being closed
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await aclose()
+
+
+class LaneStream:
+    """A model reply as it streams: iterate for :class:`TextDelta` and
+    :class:`ToolCallDelta` events; :attr:`response` is the whole reply once the stream
+    has ended. Use it as an async context manager (``async with ctx.stream(...) as s``):
+    leaving the block closes the stream and settles what the call used, however it ends
+    (a stream cut short is charged for the prompt and what arrived, estimated)."""
+
+    def __init__(self, engine: RunEngine, site: Site, opened: _Opened) -> None:
+        self._engine = engine
+        self._site = site
+        self._opened = opened
+        self._text: list[str] = []
+        self._calls: dict[int, list[tuple[str | None, str | None, str]]] = {}
+        self._done = False
+        self.response: ModelResponse | None = None
+        """The whole reply, once the stream has ended (``None`` before)."""
+
+    @property
+    def text(self) -> str:
+        """The text received so far."""
+        return "".join(self._text)
+
+    async def __aenter__(self) -> LaneStream:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+    def __aiter__(self) -> AsyncIterator[TextDelta | ToolCallDelta]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[TextDelta | ToolCallDelta]:
+        opened = self._opened
+        event, opened.first = opened.first, None
+        while not self._done:
+            if event is None:
+                try:
+                    with anyio.fail_after(opened.timeout):
+                        event = await opened.events.__anext__()
+                except StopAsyncIteration:
+                    await self._fail(
+                        ProviderError(f"{opened.call.provider}: the stream ended without a reply", retryable=False)
+                    )
+                except BaseException as exc:
+                    if isinstance(exc, TimeoutError):
+                        exc = ProviderError(
+                            f"{opened.call.provider}: the stream stalled for {opened.timeout:g}s", retryable=False
+                        )
+                    await self._fail(exc)
+            if isinstance(event, ModelResponse):
+                await self._finish(event)
+                return
+            if isinstance(event, TextDelta):
+                self._text.append(event.text)
+            elif isinstance(event, ToolCallDelta):
+                self._calls.setdefault(event.index, []).append((event.id, event.name, event.arguments))
+            yield event
+            event = None
+
+    def _used(self) -> Usage:
+        """What a stream cut short used, estimated: the prompt and what arrived."""
+        out = estimate_tokens(self.text) + sum(
+            estimate_tokens("".join(f"{n or ''}{a}" for _, n, a in p)) for p in self._calls.values()
+        )
+        return Usage(self._opened.estimate_in, out)
+
+    def _partial(self) -> ModelResponse:
+        """What of the reply arrived, as a response (finish reason ``incomplete``)."""
+        calls = tuple(
+            ToolCall(pieces[0][0] or "", pieces[0][1] or "", "".join(p[2] for p in pieces))
+            for _, pieces in sorted(self._calls.items())
+        )
+        return ModelResponse(self.text, self._used(), self._opened.call.model, True, calls, "incomplete")
+
+    async def _fail(self, exc: BaseException) -> None:
+        self._done = True
+        opened = self._opened
+        await _close(opened.events)
+        await _failed(
+            self._engine, self._site, opened.call, opened.reservation, exc, opened.prompt, self._used(), self._partial()
+        )
+        engine = self._engine
+        if isinstance(exc, ProviderError):
+            # part of the reply may already be with the caller: nothing is retried
+            raise ModelError(
+                f"Stage {self._site.name!r}: {opened.call.provider}/{opened.call.model} failed mid-stream: {exc}.",
+                run_id=engine.run.run_id,
+                stage=self._site.name,
+                retryable=False,
+            ) from exc
+        raise exc
+
+    async def _finish(self, response: ModelResponse) -> None:
+        self._done = True
+        opened = self._opened
+        await _close(opened.events)
+        self.response = response
+        await _succeeded(self._engine, self._site, opened.call, opened.reservation, response, opened.prompt)
+
+    async def aclose(self) -> None:
+        """Close the stream; a reply not read to its end is charged for what it used."""
+        if self._done:
+            return
+        self._done = True
+        opened = self._opened
+        await _close(opened.events)
+        with anyio.CancelScope(shield=True):
+            await _failed(
+                self._engine,
+                self._site,
+                opened.call,
+                opened.reservation,
+                _StreamClosed(),
+                opened.prompt,
+                self._used(),
+                self._partial(),
+            )
+
+
+class _StreamClosed(Exception):
+    """The caller closed a stream before its end (recorded as the call's outcome)."""
+
+    recorded_type = "StreamClosed"
+
+
+# ------------------------------------------------------------------ calls made elsewhere
+
+
+class Charge:
+    """A model call made outside agentlanes, reserved up front; report what it used
+    with :meth:`usage` (see ``StageContext.charge``)."""
+
+    def __init__(self) -> None:
+        self.reported: Usage | None = None
+
+    def usage(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> None:
+        """What the call used, as the provider reported it."""
+        self.reported = Usage(input_tokens, output_tokens, cached_input_tokens)
+
+
+class _External(Model):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.provider = "external"
+
+    async def request(self, messages: Sequence[Message], settings: ModelSettings) -> ModelResponse:  # pragma: no cover
+        raise AssertionError("a call made outside agentlanes is never sent by it")
+
+
+@asynccontextmanager
+async def charge_external(
+    engine: RunEngine, site: Site, input_tokens: int, output_tokens: int, model_name: str
+) -> AsyncIterator[Charge]:
+    """Reserve, then settle what the caller reports (or the estimate), for a call made
+    outside agentlanes on the stage's lane; recorded like any call."""
+    lane = site.decision.lane
+    if lane is None or lane == "no-model":
+        raise ConfigurationError(f"Stage {site.name!r} runs on the no-model lane; it has no model calls to charge.")
+    for what, value in (("input_tokens", input_tokens), ("output_tokens", output_tokens)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_TOKENS:
+            raise ConfigurationError(f"ctx.charge({what}={value!r}): a token count must be a non-negative integer.")
+    model = _External(model_name)
+    estimate_usage = Usage(input_tokens, output_tokens)
+    settings = ModelSettings(max_tokens=max(output_tokens, 1))
+    messages = [Message("user", "x" * (4 * input_tokens))] if input_tokens else []
+    reservation, estimate = await _reserve(engine, site, lane, messages, settings)
+    call_record, prompt = _begin(engine, site, lane, model, [], settings, 1, estimate, streamed=False)
+    try:
+        await engine.effects.external(
+            Call(
+                engine.run,
+                site.record,
+                call_record.step,
+                lane,
+                model,
+                [],
+                settings,
+                call_record.prompt_digest or "",
+                prompt,
+            )
+        )
+    except BaseException as exc:
+        await _failed(engine, site, call_record, reservation, exc, prompt)
+        raise
+    charge = Charge()
+    try:
+        yield charge
+    except BaseException as exc:
+        # it may have reached the model: what was reported, else the whole estimate
+        used = charge.reported if charge.reported is not None and valid_usage(charge.reported) else estimate_usage
+        await _failed(engine, site, call_record, reservation, exc, prompt, used)
+        raise
+    reported = charge.reported
+    if reported is not None and not valid_usage(reported):
+        await _failed(engine, site, call_record, reservation, ModelError("invalid usage"), prompt, estimate_usage)
+        raise ConfigurationError(
+            f"Stage {site.name!r}: charge.usage{tuple(reported)!r} is not a token count; the call was charged its "
+            "estimate."
+        )
+    usage = reported if reported is not None else estimate_usage
+    response = ModelResponse("", usage, model_name, reported is None)
+    await _succeeded(engine, site, call_record, reservation, response, prompt)

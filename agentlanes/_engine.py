@@ -56,7 +56,7 @@ from agentlanes.events import (
     ToolEnded,
     Verified,
 )
-from agentlanes.models.base import Message
+from agentlanes.models.base import Message, ModelResponse, ToolCall
 from agentlanes.receipts import receipt_body
 from agentlanes.result import ApprovalRecord, CheckRecord, RunState, StageRecord, ToolRecord
 from agentlanes.router import Router
@@ -164,6 +164,14 @@ def index_entry(run: RunState) -> dict[str, Any]:
     }
 
 
+def _tool_call_part(call: ToolCall) -> dict[str, Any]:
+    try:
+        arguments: Any = json.loads(call.arguments) if call.arguments else {}
+    except ValueError:
+        arguments = call.arguments
+    return {"type": "tool_call", "id": call.id, "name": call.name, "arguments": arguments}
+
+
 def _json_or_none(value: Any) -> str | None:
     try:
         return json.dumps(value, sort_keys=True, ensure_ascii=False, allow_nan=False)
@@ -198,7 +206,25 @@ class RunEngine:
             processor.on_event(event)
 
     def messages_json(self, messages: Sequence[Message]) -> str:
-        return json.dumps([{"role": m.role, "content": m.content} for m in messages], ensure_ascii=False)
+        """Messages as the GenAI conventions' ``gen_ai.input.messages`` (role and parts);
+        only made when content capture is on."""
+        out = []
+        for m in messages:
+            parts: list[dict[str, Any]] = []
+            if m.role == "tool":
+                parts.append({"type": "tool_call_response", "id": m.tool_call_id, "response": m.content})
+            elif m.content:
+                parts.append({"type": "text", "content": m.content})
+            parts.extend(_tool_call_part(c) for c in m.tool_calls)
+            out.append({"role": m.role, "parts": parts, **({"name": m.name} if m.name else {})})
+        return json.dumps(out, ensure_ascii=False)
+
+    def response_json(self, response: ModelResponse) -> str:
+        """A reply as ``gen_ai.output.messages`` (only with content capture on)."""
+        parts: list[dict[str, Any]] = [{"type": "text", "content": response.text}] if response.text else []
+        parts.extend(_tool_call_part(c) for c in response.tool_calls)
+        message = {"role": "assistant", "parts": parts, "finish_reason": response.finish_reason or "stop"}
+        return json.dumps([message], ensure_ascii=False)
 
     # ------------------------------------------------------------------ the run
 

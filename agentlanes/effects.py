@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -100,6 +100,15 @@ class Effects(ABC):
     @abstractmethod
     async def request(self, call: Call) -> ModelResponse:
         """Send one model request."""
+
+    def stream(self, call: Call) -> AsyncIterator[Any]:
+        """Send one model request and yield its reply as it comes (deltas, then the
+        complete response)."""
+        return call.model.stream(call.messages, call.settings)
+
+    async def external(self, call: Call) -> None:  # noqa: B027 - live calls made elsewhere need nothing
+        """A model call made outside agentlanes is about to be charged (``ctx.charge``);
+        nothing to do live, a replay matches it with its record."""
 
     @abstractmethod
     async def verify(

@@ -37,7 +37,7 @@ import sqlite3
 import sys
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,7 +58,16 @@ from agentlanes.events import (
     StageEnded,
     ToolEnded,
 )
-from agentlanes.models.base import Model, ModelResponse, ModelSettings, ProviderError, Usage
+from agentlanes.models.base import (
+    Model,
+    ModelResponse,
+    ModelSettings,
+    ProviderError,
+    TextDelta,
+    ToolCallDelta,
+    Usage,
+    response_from_body,
+)
 from agentlanes.policy import PolicyBundle, canonical_json
 from agentlanes.receipts import Receipt
 from agentlanes.result import RunState, StageRecord
@@ -322,7 +331,8 @@ class ReplayEffects(Effects):
     async def release(self, held: Reservation) -> None:
         pass
 
-    async def request(self, call: Call) -> ModelResponse:
+    def _served_call(self, call: Call) -> RecordedStep:
+        """The recorded call this request must match, after comparing lane, model and prompt."""
         s = self._s
         s.check()
         step = s.next_step(call.record, ("call",), f"a model call on {call.lane}")
@@ -340,15 +350,61 @@ class ReplayEffects(Effects):
         if d.get("prompt") != prompt_digest:
             raise s.diverge(step, "the prompt differs", *_difference(s, d.get("prompt"), prompt_text))
         s.calls[(call.record.key, call.step)] = step
-        if not d.get("ok"):
-            error = ProviderError(
-                f"replayed failure: {d.get('error')}", retryable=bool(d.get("retryable")), status=d.get("status")
-            )
-            error.recorded_type = d.get("error") or "ProviderError"  # type: ignore[attr-defined]
-            raise error
-        text = s.body(step, d.get("output"), "model output")
+        return step
+
+    def _response(self, step: RecordedStep, call: Call) -> ModelResponse | None:
+        """The recorded reply (or what of it arrived), ``None`` when nothing did."""
+        d = step.data
+        if not d.get("output"):
+            return None
+        body = self._s.body(step, d.get("output"), "model output")
         usage = d.get("usage") or (0, 0)
-        return ModelResponse(text, Usage(int(usage[0]), int(usage[1])), str(d.get("response_model") or call.model.name))
+        try:
+            return response_from_body(
+                body,
+                d.get("format"),
+                Usage(int(usage[0]), int(usage[1]), int(d.get("cached") or 0)),
+                str(d.get("response_model") or call.model.name),
+                d.get("finish_reason"),
+            )
+        except (ValueError, TypeError, KeyError, IndexError, RecursionError):
+            raise self._s.diverge(step, "its recorded reply is not a reply", "a reply", "other text") from None
+
+    @staticmethod
+    def _error(step: RecordedStep) -> ProviderError:
+        d = step.data
+        error = ProviderError(
+            f"replayed failure: {d.get('error')}", retryable=bool(d.get("retryable")), status=d.get("status")
+        )
+        error.recorded_type = d.get("error") or "ProviderError"  # type: ignore[attr-defined]
+        return error
+
+    async def external(self, call: Call) -> None:
+        self._served_call(call)
+
+    async def request(self, call: Call) -> ModelResponse:
+        step = self._served_call(call)
+        if not step.data.get("ok"):
+            raise self._error(step)
+        response = self._response(step, call)
+        if response is None:
+            raise ConfigurationError(f"Replay step {step.index}: the call's recorded reply names no body.")
+        return response
+
+    async def stream(self, call: Call) -> AsyncIterator[Any]:
+        step = self._served_call(call)
+        response = self._response(step, call)
+        if response is not None:
+            if response.text:
+                yield TextDelta(response.text)
+            for index, tool_call in enumerate(response.tool_calls):
+                yield ToolCallDelta(index, tool_call.id, tool_call.name, tool_call.arguments)
+        if not step.data.get("ok"):
+            if step.data.get("error") == "StreamClosed":
+                return  # the recorded code closed the stream here
+            raise self._error(step)
+        if response is not None:
+            yield response
 
     async def verify(
         self, run: RunState, record: StageRecord, verifier: Verifier, subject: Any, context: VerifyContext

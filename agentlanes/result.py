@@ -57,8 +57,16 @@ class CallRecord:
     step: int = 0
     retryable: bool = False
     prompt_text: str | None = None
-    """Only kept when content capture is on."""
+    """Only kept when content capture is on (the messages, in the GenAI conventions' shape)."""
     output_text: str | None = None
+    """Only kept when content capture is on."""
+    streamed: bool = False
+    finish_reason: str | None = None
+    output_format: str | None = None
+    """How the output body is kept: ``None`` for plain text, else the response format
+    (see :func:`agentlanes.models.base.response_body`)."""
+    tool_calls: int = 0
+    """How many tool calls the reply asked for."""
 
 
 class ToolRecord(NamedTuple):

@@ -18,14 +18,18 @@ typed events.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import os
 import sys
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from agentlanes._calls import LaneModels, RetryPolicy, call
+from pydantic import BaseModel
+
+from agentlanes._calls import Charge, LaneModels, LaneStream, RetryPolicy, call, charge_external, open_stream
 from agentlanes._engine import EngineConfig, RunEngine, tool_name
 from agentlanes.approval import Approver
 from agentlanes.content import ContentHasher, ContentStore
@@ -36,7 +40,7 @@ from agentlanes.events import RunProcessor, StageEnded
 from agentlanes.lanes import RANK
 from agentlanes.ledger import BudgetLedger
 from agentlanes.logs import LogProcessor
-from agentlanes.models.base import Message, Model, ModelResponse, ModelSettings
+from agentlanes.models.base import Message, Model, ModelResponse, ModelSettings, ResponseFormat, Tool
 from agentlanes.policy import PolicyBundle
 from agentlanes.receipts import Receipt, ReceiptSigner
 from agentlanes.result import CallRecord, RunResult, RunState, StageRecord
@@ -345,7 +349,7 @@ class Lanes:
 
 class LaneModel(Model):
     """The stage's model: whichever model the router's lane binds, with reservations,
-    retries, fallback and accounting around every request."""
+    retries, fallback and accounting around every request (and stream)."""
 
     def __init__(self, ctx: StageContext) -> None:
         self._ctx = ctx
@@ -358,6 +362,32 @@ class LaneModel(Model):
 
     async def request(self, messages: Sequence[Message], settings: ModelSettings) -> ModelResponse:
         return await call(self._ctx._engine, self._ctx, list(messages), settings)
+
+    async def stream(self, messages: Sequence[Message], settings: ModelSettings) -> AsyncIterator[Any]:
+        lane_stream = await open_stream(self._ctx._engine, self._ctx, list(messages), settings)
+        async with lane_stream:
+            async for event in lane_stream:
+                yield event
+            if lane_stream.response is not None:
+                yield lane_stream.response
+
+
+class _Opening:
+    """``async with ctx.stream(...) as stream``: opens on entry, closes on exit."""
+
+    def __init__(self, ctx: StageContext, messages: list[Message], settings: ModelSettings) -> None:
+        self._ctx = ctx
+        self._messages = messages
+        self._settings = settings
+        self._stream: LaneStream | None = None
+
+    async def __aenter__(self) -> LaneStream:
+        self._stream = await open_stream(self._ctx._engine, self._ctx, self._messages, self._settings)
+        return self._stream
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        if self._stream is not None:
+            await self._stream.aclose()
 
 
 class StageContext:
@@ -404,6 +434,33 @@ class StageContext:
         """The previous attempt's failures as text for a prompt (empty on attempt 1)."""
         return "\n\n".join(f"{r.name}: {r.summary}\n{r.output}".strip() for r in self.feedback)
 
+    def _request(
+        self,
+        prompt: str | Sequence[Message],
+        system: str | None,
+        settings: ModelSettings | None,
+        options: dict[str, Any],
+    ) -> tuple[list[Message], ModelSettings]:
+        messages = [Message("user", prompt)] if isinstance(prompt, str) else list(prompt)
+        for i, m in enumerate(messages):
+            if not isinstance(m, Message):
+                raise ConfigurationError(
+                    f"Stage {self.name!r}: message {i} is {m!r}, not a Message (Message('user', 'text'))."
+                )
+        if system is not None:
+            messages.insert(0, Message("system", system))
+        fields = {k: v for k, v in options.items() if v is not None}
+        fields["tools"] = tuple(fields.get("tools", ()))
+        response_format = fields.get("response_format")
+        if isinstance(response_format, type) and issubclass(response_format, BaseModel):
+            fields["response_format"] = ResponseFormat(response_format.model_json_schema(), response_format.__name__)
+        elif isinstance(response_format, Mapping):
+            fields["response_format"] = ResponseFormat(dict(response_format))
+        base = settings or ModelSettings(max_tokens=self.max_tokens or 1024)
+        if not fields["tools"]:
+            del fields["tools"]
+        return messages, dataclasses.replace(base, **fields)
+
     async def complete(
         self,
         prompt: str | Sequence[Message],
@@ -411,13 +468,95 @@ class StageContext:
         system: str | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
+        tools: Sequence[Tool] = (),
+        tool_choice: str | None = None,
+        response_format: ResponseFormat | type[BaseModel] | Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        settings: ModelSettings | None = None,
     ) -> ModelResponse:
-        """Ask the lane's model; ``prompt`` is a user message or a full message list."""
-        messages = [Message("user", prompt)] if isinstance(prompt, str) else list(prompt)
-        if system is not None:
-            messages.insert(0, Message("system", system))
-        settings = ModelSettings(max_tokens=max_tokens or self.max_tokens or 1024, temperature=temperature)
-        return await self.model.request(messages, settings)
+        """Ask the lane's model; ``prompt`` is a user message or a full message list
+        (with tool calls and tool results, for a tool loop).
+
+        Args:
+            system: a system message put first.
+            max_tokens / temperature / timeout: per-call settings.
+            tools: tools the model may call (its reply's ``tool_calls``).
+            tool_choice: ``"auto"``, ``"none"``, ``"required"`` or a tool's name.
+            response_format: structured output: a pydantic model, a JSON schema, or a
+                :class:`~agentlanes.models.ResponseFormat`.
+            settings: a whole :class:`~agentlanes.models.ModelSettings` (the other
+                keywords override its fields).
+        """
+        messages, merged = self._request(
+            prompt,
+            system,
+            settings,
+            {
+                "max_tokens": max_tokens,
+                "temperature": temperature,
+                "tools": tools,
+                "tool_choice": tool_choice,
+                "response_format": response_format,
+                "timeout": timeout,
+            },
+        )
+        return await self.model.request(messages, merged)
+
+    def stream(
+        self,
+        prompt: str | Sequence[Message],
+        *,
+        system: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        tools: Sequence[Tool] = (),
+        tool_choice: str | None = None,
+        response_format: ResponseFormat | type[BaseModel] | Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        settings: ModelSettings | None = None,
+    ) -> AbstractAsyncContextManager[LaneStream]:
+        """:meth:`complete`, streamed: ``async with ctx.stream(prompt) as stream: async
+        for event in stream: ...``; ``stream.response`` is the whole reply at the end.
+        Leaving the block early closes the stream and settles what it used."""
+        messages, merged = self._request(
+            prompt,
+            system,
+            settings,
+            {
+                "max_tokens": max_tokens,
+                "temperature": temperature,
+                "tools": tools,
+                "tool_choice": tool_choice,
+                "response_format": response_format,
+                "timeout": timeout,
+            },
+        )
+        return _Opening(self, messages, merged)
+
+    def openai_client(self, **client_kwargs: Any) -> Any:
+        """An ``openai.AsyncOpenAI`` bound to this stage's lane: keep your loop's own
+        ``client.chat.completions.create(model=..., messages=..., tools=..., stream=...)``;
+        each request runs on the lane's model (``model`` is replaced), reserved, settled
+        from its reported usage, recorded, traced and replayable. Chat completions only
+        (``agentlanes[openai]``)."""
+        from agentlanes._client import lane_client
+
+        return lane_client(self, **client_kwargs)
+
+    def charge(
+        self, *, input_tokens: int = 0, output_tokens: int = 1024, model: str = "external"
+    ) -> AbstractAsyncContextManager[Charge]:
+        """Account for a model call agentlanes cannot see (your own HTTP client, an SDK
+        it does not wrap): reserves the estimate on this stage's lane up front, and
+        settles what you report with ``charge.usage(...)``, or the whole estimate when
+        you report nothing (the call may have reached the model)::
+
+            async with ctx.charge(input_tokens=2000, output_tokens=500) as charge:
+                reply = await my_client.generate(...)
+                charge.usage(reply.usage.prompt_tokens, reply.usage.completion_tokens)
+
+        Exact replay cannot serve such a call: it runs your code again."""
+        return charge_external(self._engine, self, input_tokens, output_tokens, model)
 
     async def tool(self, fn: Callable[[Any], Any], subject: Any, *, name: str | None = None) -> Any:
         """Run a deterministic tool (sync or async ``fn(subject)``) as a recorded step of

@@ -535,16 +535,24 @@ def emit_stage(sink: Any, run: RunState, record: StageRecord, parent: Any, captu
         }
         if call.prompt_digest:
             call_attrs[A.PROMPT_DIGEST] = call.prompt_digest
-        if call.ok and call.usage is not None:
+        if call.usage is not None and (call.ok or call.charged):
             call_attrs[A.GEN_AI_RESPONSE_MODEL] = call.response_model or call.model
             call_attrs[A.GEN_AI_USAGE_INPUT_TOKENS] = call.usage.input_tokens
             call_attrs[A.GEN_AI_USAGE_OUTPUT_TOKENS] = call.usage.output_tokens
         if call.output_digest:
             call_attrs[A.OUTPUT_DIGEST] = call.output_digest
+        if call.finish_reason is not None:
+            call_attrs[A.GEN_AI_RESPONSE_FINISH_REASONS] = [call.finish_reason]
+        if call.output_format is not None:
+            call_attrs[A.OUTPUT_FORMAT] = call.output_format
+        if call.streamed:
+            call_attrs[A.STREAMED] = True
+        if call.usage is not None and call.usage.cached_input_tokens:
+            call_attrs[A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = call.usage.cached_input_tokens
         if capture and call.prompt_text is not None:
             call_attrs[A.GEN_AI_INPUT_MESSAGES] = call.prompt_text
         if capture and call.output_text is not None:
-            call_attrs[A.GEN_AI_OUTPUT_MESSAGES] = json.dumps([{"role": "assistant", "content": call.output_text}])
+            call_attrs[A.GEN_AI_OUTPUT_MESSAGES] = call.output_text
         if not call.ok:
             call_attrs[A.ERROR_TYPE] = call.error or "error"
             call_attrs[A.ERROR_RETRYABLE] = call.retryable

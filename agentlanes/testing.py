@@ -1,9 +1,12 @@
 """Test doubles, public API: build and test agentlanes code without a model server.
 
 * :class:`TestModel`: answers every request with schema-valid output (or fixed text);
-  knobs such as ``fail_times`` make it fail first.
+  knobs such as ``fail_times`` make it fail first, ``call_tools`` make it call the
+  tools it is given (with schema-valid arguments) before it answers, ``stream_chunks``
+  stream its answer in pieces.
 * :class:`FunctionModel`: answers with a function of the messages (sync or async).
-* :class:`ScriptedModel`: answers from a script of steps; ``.calls`` records every
+* :class:`ScriptedModel`: answers from a script of steps (text, a :func:`reply` with
+  tool calls, a :class:`StreamedReply`, an exception); ``.calls`` records every
   request and :meth:`ScriptedModel.assert_complete` checks the script was used up.
 * :func:`block_model_requests`: make any *real* adapter raise instead of sending.
 * :func:`capture_spans`: spans of runs, kept in memory (and as a snapshot tree).
@@ -18,23 +21,38 @@ import json
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from pydantic import BaseModel
 
 from agentlanes.models import base as _base
-from agentlanes.models.base import Message, Model, ModelResponse, ModelSettings, ProviderError, Usage, estimate_tokens
+from agentlanes.models.base import (
+    Message,
+    Model,
+    ModelResponse,
+    ModelSettings,
+    ProviderError,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+    estimate_input_tokens,
+    estimate_tokens,
+)
 
 __all__ = [
     "FunctionModel",
     "ScriptedModel",
     "SpanCapture",
+    "StreamedReply",
     "TestModel",
     "assert_replays",
     "assert_replays_async",
     "block_model_requests",
     "capture_spans",
+    "reply",
+    "tool_call",
 ]
 
 
@@ -53,8 +71,81 @@ def block_model_requests() -> Iterator[None]:
         _base.ALLOW_MODEL_REQUESTS = previous
 
 
-def _usage(messages: Sequence[Message], text: str) -> Usage:
-    return Usage(sum(estimate_tokens(m.content) for m in messages), estimate_tokens(text))
+def _usage(messages: Sequence[Message], text: str, settings: ModelSettings | None = None) -> Usage:
+    return Usage(estimate_input_tokens(messages, settings), estimate_tokens(text))
+
+
+def tool_call(name: str, arguments: Any = None, *, id: str | None = None) -> ToolCall:
+    """A tool call for a scripted reply: ``arguments`` is a JSON value (or JSON text)."""
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments if arguments is not None else {})
+    return ToolCall(id or f"call_{name}", name, text)
+
+
+def reply(
+    text: str = "",
+    *,
+    tool_calls: Sequence[ToolCall] = (),
+    finish_reason: str | None = None,
+    usage: Usage | None = None,
+    model: str = "scripted-model",
+) -> ModelResponse:
+    """A scripted reply: text and/or tool calls (``finish_reason`` defaults to
+    ``tool_calls`` when it calls tools, else ``stop``)."""
+    calls = tuple(tool_calls)
+    return ModelResponse(
+        text,
+        usage or Usage(0, estimate_tokens(text + "".join(c.arguments for c in calls))),
+        model,
+        tool_calls=calls,
+        finish_reason=finish_reason or ("tool_calls" if calls else "stop"),
+    )
+
+
+class StreamedReply:
+    """A scripted reply that streams: ``events`` (text pieces as ``str``, or
+    :class:`~agentlanes.models.TextDelta` / :class:`~agentlanes.models.ToolCallDelta`)
+    arrive one by one; with ``fail_after=n`` the stream fails after ``n`` events (a
+    server that drops mid-stream), with ``usage=None`` it ends without reporting usage."""
+
+    def __init__(
+        self,
+        events: Sequence[str | TextDelta | ToolCallDelta],
+        *,
+        usage: Usage | None = None,
+        fail_after: int | None = None,
+        finish_reason: str | None = None,
+        delay: float = 0.0,
+    ) -> None:
+        self.events = [TextDelta(e) if isinstance(e, str) else e for e in events]
+        self.usage = usage
+        self.fail_after = fail_after
+        self.finish_reason = finish_reason
+        self.delay = delay
+
+    def response(self, messages: Sequence[Message], settings: ModelSettings | None, model: str) -> ModelResponse:
+        text = "".join(e.text for e in self.events if isinstance(e, TextDelta))
+        calls: dict[int, list[str]] = {}
+        for e in self.events:
+            if isinstance(e, ToolCallDelta):
+                slot = calls.setdefault(e.index, ["", "", ""])
+                slot[0] = e.id or slot[0]
+                slot[1] = e.name or slot[1]
+                slot[2] += e.arguments
+        tool_calls = tuple(ToolCall(*c) for _, c in sorted(calls.items()))
+        usage = self.usage or _usage(messages, text, settings)
+        finish = self.finish_reason or ("tool_calls" if tool_calls else "stop")
+        return ModelResponse(text, usage, model, self.usage is None, tool_calls, finish)
+
+    async def stream(self, messages: Sequence[Message], settings: ModelSettings, model: str) -> Any:
+        for i, event in enumerate(self.events):
+            if self.fail_after is not None and i >= self.fail_after:
+                raise ProviderError("test: the stream broke", retryable=True, status=502)
+            if self.delay:
+                await anyio.sleep(self.delay)
+            yield event
+        if self.fail_after is not None and self.fail_after >= len(self.events):
+            raise ProviderError("test: the stream broke before its end", retryable=True, status=502)
+        yield self.response(messages, settings, model)
 
 
 def _example(schema: dict[str, Any], defs: dict[str, Any]) -> Any:
@@ -112,13 +203,19 @@ class TestModel(Model):
         delay: float = 0.0,
         name: str = "test-model",
         provider: str = "test",
+        call_tools: Sequence[str] | Literal["all"] = (),
+        stream_chunks: int = 1,
     ) -> None:
         self.name = name
         self.provider = provider
         self.fail_times = fail_times
         self.fail_status = fail_status
         self.delay = delay
+        self.call_tools = call_tools
+        self.stream_chunks = max(1, stream_chunks)
         self.calls: list[list[Message]] = []
+        self.settings: list[ModelSettings] = []
+        self._structured = output
         if output is None:
             self._text = text
         else:
@@ -127,6 +224,7 @@ class TestModel(Model):
 
     async def request(self, messages: Sequence[Message], settings: ModelSettings) -> ModelResponse:
         self.calls.append(list(messages))
+        self.settings.append(settings)
         if self.delay:
             await anyio.sleep(self.delay)
         if self.fail_times > 0:
@@ -134,7 +232,34 @@ class TestModel(Model):
             raise ProviderError(
                 f"{self.provider}: scripted failure (HTTP {self.fail_status})", retryable=True, status=self.fail_status
             )
-        return ModelResponse(self._text, _usage(messages, self._text), self.name)
+        wanted = [t for t in settings.tools if self.call_tools == "all" or t.name in self.call_tools]
+        answered = any(m.role == "tool" for m in messages)
+        if wanted and not answered and settings.tool_choice != "none":
+            calls = tuple(
+                ToolCall(f"call_{i}_{t.name}", t.name, json.dumps(_example(dict(t.parameters), {})))
+                for i, t in enumerate(wanted)
+            )
+            text = "".join(c.arguments for c in calls)
+            return ModelResponse(
+                "", _usage(messages, text, settings), self.name, tool_calls=calls, finish_reason="tool_calls"
+            )
+        text = self._text
+        if settings.response_format is not None and self._structured is None:
+            schema = dict(settings.response_format.schema)
+            text = json.dumps(_example(schema, schema.get("$defs", {})))
+        return ModelResponse(text, _usage(messages, text, settings), self.name, finish_reason="stop")
+
+    async def stream(self, messages: Sequence[Message], settings: ModelSettings) -> Any:
+        response = await self.request(messages, settings)
+        text, n = response.text, self.stream_chunks
+        size = max(1, -(-len(text) // n))
+        for i in range(0, len(text), size):
+            if self.delay:
+                await anyio.sleep(self.delay)
+            yield TextDelta(text[i : i + size])
+        for index, call in enumerate(response.tool_calls):
+            yield ToolCallDelta(index, call.id, call.name, call.arguments)
+        yield response
 
 
 Reply = str | ModelResponse
@@ -164,10 +289,10 @@ class FunctionModel(Model):
             out = await out
         if isinstance(out, ModelResponse):
             return out
-        return ModelResponse(out, _usage(msgs, out), self.name)
+        return ModelResponse(out, _usage(msgs, out, settings), self.name, finish_reason="stop")
 
 
-Step = str | ModelResponse | BaseException | Callable[[list[Message]], Reply]
+Step = str | ModelResponse | BaseException | Callable[[list[Message]], Reply] | StreamedReply
 
 
 class ScriptedModel(Model):
@@ -183,10 +308,12 @@ class ScriptedModel(Model):
         self.name = name
         self.provider = provider
         self.calls: list[list[Message]] = []
+        self.settings: list[ModelSettings] = []
 
-    async def request(self, messages: Sequence[Message], settings: ModelSettings) -> ModelResponse:
+    def _next(self, messages: Sequence[Message], settings: ModelSettings) -> Any:
         msgs = list(messages)
         self.calls.append(msgs)
+        self.settings.append(settings)
         if len(self.calls) > len(self.steps):
             raise AssertionError(
                 f"ScriptedModel({self.name!r}) got request {len(self.calls)} but its script has "
@@ -195,11 +322,34 @@ class ScriptedModel(Model):
         step = self.steps[len(self.calls) - 1]
         if isinstance(step, BaseException):
             raise step
-        if callable(step):
+        if callable(step) and not isinstance(step, StreamedReply):
             step = step(msgs)
+        return step
+
+    async def request(self, messages: Sequence[Message], settings: ModelSettings) -> ModelResponse:
+        step = self._next(messages, settings)
+        if isinstance(step, StreamedReply):
+            return step.response(messages, settings, self.name)
         if isinstance(step, ModelResponse):
             return step
-        return ModelResponse(step, _usage(msgs, step), self.name)
+        return ModelResponse(step, _usage(messages, step, settings), self.name, finish_reason="stop")
+
+    async def stream(self, messages: Sequence[Message], settings: ModelSettings) -> Any:
+        step = self._next(messages, settings)
+        if isinstance(step, StreamedReply):
+            async for event in step.stream(messages, settings, self.name):
+                yield event
+            return
+        response = (
+            step
+            if isinstance(step, ModelResponse)
+            else ModelResponse(step, _usage(messages, step, settings), self.name, finish_reason="stop")
+        )
+        if response.text:
+            yield TextDelta(response.text)
+        for index, call in enumerate(response.tool_calls):
+            yield ToolCallDelta(index, call.id, call.name, call.arguments)
+        yield response
 
     def assert_complete(self) -> None:
         """Raise ``AssertionError`` unless every scripted step was used."""

@@ -415,6 +415,10 @@ def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def _first(value: Any) -> str | None:
+    return value[0] if isinstance(value, list) and value and isinstance(value[0], str) else None
+
+
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
@@ -588,6 +592,10 @@ def _load_record(path: Path) -> RecordedRun:
                     "max_tokens": _int(a.get(A.GEN_AI_REQUEST_MAX_TOKENS)),
                     "attempt": _int(a.get(A.ATTEMPT)),
                     "start": span["start"],
+                    "format": _text(a.get(A.OUTPUT_FORMAT)),
+                    "finish_reason": _first(a.get(A.GEN_AI_RESPONSE_FINISH_REASONS)),
+                    "cached": _int(a.get(A.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS)) or 0,
+                    "streamed": a.get(A.STREAMED) is True,
                 },
             )
         elif op == A.OP_EXECUTE_TOOL:

@@ -36,7 +36,7 @@ def _imports(path: Path, *, runtime_only: bool) -> set[str]:
             elif isinstance(node, ast.ImportFrom) and (top or not runtime_only):
                 base = node.module or ""
                 if node.level:
-                    base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + [base])
+                    base = ".".join([*package.split(".")[:len(package.split(".")) - node.level + 1], base])
                 found.add(base)
                 found.update(f"{base}.{alias.name}" for alias in node.names)
             for field in ("body", "orelse", "finalbody", "handlers"):
@@ -110,7 +110,7 @@ def test_no_import_cycle_at_import_time() -> None:
         path.append(node)
         for nxt in sorted(graph[node]):
             if state.get(nxt) == 1:
-                cycle = path[path.index(nxt):] + [nxt]
+                cycle = [*path[path.index(nxt):], nxt]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt)

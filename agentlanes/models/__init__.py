@@ -1,6 +1,7 @@
 """Model adapters: one ABC, one required async method.
 
-``Model.request(messages, settings) -> ModelResponse`` is all an adapter implements.
+``Model.request(messages, settings) -> ModelResponse`` is all an adapter implements
+(``Model.stream`` answers in one piece unless the adapter streams for real).
 ``OpenAIChatModel`` (extra ``agentlanes[openai]``) speaks to any OpenAI-compatible
 server; the test doubles live in :mod:`agentlanes.testing`.
 """
@@ -11,10 +12,31 @@ from agentlanes.models.base import (
     ModelResponse,
     ModelSettings,
     ProviderError,
+    ResponseFormat,
+    StreamEvent,
+    TextDelta,
+    Tool,
+    ToolCall,
+    ToolCallDelta,
     Usage,
+    WrapperModel,
 )
 
-__all__ = ["Message", "Model", "ModelResponse", "ModelSettings", "ProviderError", "Usage"]
+__all__ = [
+    "Message",
+    "Model",
+    "ModelResponse",
+    "ModelSettings",
+    "ProviderError",
+    "ResponseFormat",
+    "StreamEvent",
+    "TextDelta",
+    "Tool",
+    "ToolCall",
+    "ToolCallDelta",
+    "Usage",
+    "WrapperModel",
+]
 
 
 def __getattr__(name: str) -> object:

@@ -1,7 +1,10 @@
 """Any OpenAI-compatible chat server (OpenAI, vLLM, Ollama, llama.cpp server, LM Studio,
 a LiteLLM proxy), through the official ``openai`` async client.
 
-Install with ``pip install 'agentlanes[openai]'``.
+Install with ``pip install 'agentlanes[openai]'``. Carries messages with tool calls and
+tool results, tool definitions and ``tool_choice``, structured output (a JSON schema
+response format), per-call settings, and streaming (text and tool-call deltas, usage at
+the end).
 """
 
 from __future__ import annotations
@@ -9,19 +12,26 @@ from __future__ import annotations
 import email.utils
 import hashlib
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from anyio.lowlevel import RunVar
+
 from agentlanes.errors import ConfigurationError
+from agentlanes.models._wire import request_body, response_from_completion
 from agentlanes.models.base import (
     Message,
     Model,
     ModelResponse,
     ModelSettings,
     ProviderError,
+    TextDelta,
+    ToolCall,
+    ToolCallDelta,
     Usage,
     check_requests_allowed,
+    estimate_input_tokens,
     estimate_tokens,
 )
 
@@ -32,17 +42,23 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 __all__ = ["OpenAIChatModel"]
 
-_CLIENTS: dict[tuple[str, str], openai.AsyncOpenAI] = {}
+# One client per event loop, base URL and credentials: a client's connection pool
+# belongs to the loop that opened it, so a second ``asyncio.run()`` gets clients of its own.
+_CLIENTS: RunVar[dict[tuple[str, str], openai.AsyncOpenAI]] = RunVar("agentlanes_openai_clients")
 
 
-def _client(base_url: str | None, api_key: str | None, timeout: float) -> openai.AsyncOpenAI:
-    """One client per base URL and credentials, reused (connection pooling)."""
+def _client(base_url: str | None, api_key: str | None) -> openai.AsyncOpenAI:
+    try:
+        clients = _CLIENTS.get()
+    except LookupError:
+        clients = {}
+        _CLIENTS.set(clients)
     key = (base_url or "", hashlib.sha256((api_key or "").encode()).hexdigest())
-    client = _CLIENTS.get(key)
+    client = clients.get(key)
     if client is None:
         # agentlanes retries (with reservations per attempt); the client must not.
-        client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed", max_retries=0, timeout=timeout)
-        _CLIENTS[key] = client
+        client = openai.AsyncOpenAI(base_url=base_url, api_key=api_key or "not-needed", max_retries=0)
+        clients[key] = client
     return client
 
 
@@ -63,8 +79,23 @@ def _retry_after(response: Any) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
+        try:
+            parsed = email.utils.parsedate_to_datetime(value) if value else None
+        except (TypeError, ValueError):
+            return None
         return None if parsed is None else max(0.0, parsed.timestamp() - time.time())
+
+
+def _server_message(exc: Any) -> str | None:
+    """What the server said about an error (its ``error.message``), if it said."""
+    body = getattr(exc, "body", None)
+    if isinstance(body, Mapping):
+        error = body.get("error", body)
+        message = error.get("message") if isinstance(error, Mapping) else error
+        if isinstance(message, str) and message.strip():
+            return message.strip()[:2000]
+    message = getattr(exc, "message", None)
+    return message.strip()[:2000] if isinstance(message, str) and message.strip() else None
 
 
 class OpenAIChatModel(Model):
@@ -76,7 +107,9 @@ class OpenAIChatModel(Model):
         api_key: the key (``OPENAI_API_KEY`` is *not* read implicitly when a
             ``base_url`` is given; pass what the server needs).
         provider: a label for health tracking and telemetry (default: the host).
-        timeout: seconds for one HTTP request.
+        timeout: seconds for one request (a call's own ``ModelSettings.timeout`` wins).
+        max_tokens_field: the request field that limits output: ``max_tokens`` (most
+            servers) or ``max_completion_tokens`` (OpenAI's newer models).
     """
 
     def __init__(
@@ -87,65 +120,137 @@ class OpenAIChatModel(Model):
         api_key: str | None = None,
         provider: str | None = None,
         timeout: float = 60.0,
+        max_tokens_field: str = "max_tokens",
     ) -> None:
         if not model:
             raise ConfigurationError("OpenAIChatModel needs a model name, e.g. OpenAIChatModel('gpt-4o-mini').")
+        if not timeout > 0:
+            raise ConfigurationError(f"OpenAIChatModel timeout must be positive seconds, got {timeout!r}.")
+        if max_tokens_field not in ("max_tokens", "max_completion_tokens"):
+            raise ConfigurationError(
+                f"max_tokens_field must be 'max_tokens' or 'max_completion_tokens', got {max_tokens_field!r}."
+            )
         self.name = model
         self.provider = provider or ((urlsplit(base_url).hostname or base_url) if base_url else "openai")
-        self._client = _client(base_url, api_key, timeout)
+        self.base_url = base_url
+        self.timeout = timeout
+        self.max_tokens_field = max_tokens_field
+        self._api_key = api_key
 
-    async def request(self, messages: Sequence[Message], settings: ModelSettings) -> ModelResponse:
-        check_requests_allowed(self)
-        kwargs: dict[str, Any] = {
-            "model": self.name,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
-            "max_tokens": settings.max_tokens,
-        }
-        if settings.temperature is not None:
-            kwargs["temperature"] = settings.temperature
-        if settings.timeout is not None:
-            kwargs["timeout"] = settings.timeout
-        try:
-            completion = await self._client.chat.completions.create(**kwargs)
-        except openai.RateLimitError as exc:
-            raise ProviderError(
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The ``openai`` client this model sends with (one per event loop)."""
+        return _client(self.base_url, self._api_key)
+
+    def _kwargs(self, messages: Sequence[Message], settings: ModelSettings) -> dict[str, Any]:
+        kwargs = request_body(self.name, messages, settings, max_tokens_field=self.max_tokens_field)
+        kwargs["timeout"] = settings.timeout or self.timeout
+        if settings.extra:
+            kwargs["extra_body"] = dict(settings.extra)
+        return kwargs
+
+    def _error(self, exc: Exception) -> ProviderError:
+        if isinstance(exc, openai.RateLimitError):
+            return ProviderError(
                 f"{self.provider}: rate limited (429)",
                 retryable=True,
                 status=429,
                 retry_after=_retry_after(exc.response),
-            ) from exc
-        except openai.APIStatusError as exc:
+                detail=_server_message(exc),
+            )
+        if isinstance(exc, openai.APIStatusError):
             status = exc.status_code
-            retryable = status >= 500 or status in (408, 409)
-            raise ProviderError(
+            return ProviderError(
                 f"{self.provider}: HTTP {status}",
-                retryable=retryable,
+                retryable=status >= 500 or status in (408, 409),
                 status=status,
                 retry_after=_retry_after(exc.response),
-            ) from exc
-        except openai.APITimeoutError as exc:
-            raise ProviderError(f"{self.provider}: timed out", retryable=True) from exc
-        except openai.APIConnectionError as exc:
-            raise ProviderError(f"{self.provider}: connection failed", retryable=True) from exc
-        except (openai.APIResponseValidationError, ValueError, TypeError, KeyError) as exc:
-            raise ProviderError(f"{self.provider}: malformed response body", retryable=True) from exc
-        return self._parse(completion, messages)
-
-    def _parse(self, completion: Any, messages: Sequence[Message]) -> ModelResponse:
-        choices = getattr(completion, "choices", None)
-        if not choices:
-            raise ProviderError(f"{self.provider}: response has no choices", retryable=True)
-        content = getattr(getattr(choices[0], "message", None), "content", None)
-        if not isinstance(content, str):
-            raise ProviderError(f"{self.provider}: response has no message text", retryable=True)
-        usage = getattr(completion, "usage", None)
-        prompt_tokens = getattr(usage, "prompt_tokens", None)
-        completion_tokens = getattr(usage, "completion_tokens", None)
-        if isinstance(prompt_tokens, int) and isinstance(completion_tokens, int):
-            return ModelResponse(
-                content, Usage(prompt_tokens, completion_tokens), str(getattr(completion, "model", None) or self.name)
+                detail=_server_message(exc),
             )
-        estimated = Usage(sum(estimate_tokens(m.content) for m in messages), estimate_tokens(content))
+        if isinstance(exc, openai.APITimeoutError):
+            return ProviderError(f"{self.provider}: timed out", retryable=True)
+        if isinstance(exc, openai.APIConnectionError):
+            return ProviderError(f"{self.provider}: connection failed", retryable=True)
+        if isinstance(exc, openai.APIError):  # e.g. an error event in a stream
+            return ProviderError(
+                f"{self.provider}: the server reported an error", retryable=True, detail=_server_message(exc)
+            )
+        return ProviderError(f"{self.provider}: malformed response body", retryable=True)
+
+    async def request(self, messages: Sequence[Message], settings: ModelSettings) -> ModelResponse:
+        check_requests_allowed(self)
+        try:
+            completion = await self.client.chat.completions.create(**self._kwargs(messages, settings))
+        except (openai.APIError, ValueError, TypeError, KeyError) as exc:
+            raise self._error(exc) from exc
+        try:
+            response, reported = response_from_completion(completion, self.name)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ProviderError(f"{self.provider}: malformed response ({exc})", retryable=True) from exc
+        if reported:
+            return response
+        estimated = Usage(estimate_input_tokens(messages, settings), estimate_tokens(response.text or " "))
         return ModelResponse(
-            content, estimated, str(getattr(completion, "model", None) or self.name), usage_estimated=True
+            response.text,
+            estimated,
+            response.model_name,
+            True,
+            response.tool_calls,
+            response.finish_reason,
+            response.response_id,
         )
+
+    async def stream(self, messages: Sequence[Message], settings: ModelSettings) -> AsyncIterator[Any]:
+        check_requests_allowed(self)
+        kwargs = self._kwargs(messages, settings)
+        kwargs["stream"] = True
+        kwargs["stream_options"] = {"include_usage": True}
+        try:
+            chunks = await self.client.chat.completions.create(**kwargs)
+        except (openai.APIError, ValueError, TypeError, KeyError) as exc:
+            raise self._error(exc) from exc
+        text: list[str] = []
+        calls: dict[int, list[str | None]] = {}
+        usage: Usage | None = None
+        finish: str | None = None
+        model_name, response_id = self.name, None
+        try:
+            async for chunk in chunks:
+                model_name = getattr(chunk, "model", None) or model_name
+                response_id = getattr(chunk, "id", None) or response_id
+                raw_usage = getattr(chunk, "usage", None)
+                if raw_usage is not None and isinstance(getattr(raw_usage, "prompt_tokens", None), int):
+                    details = getattr(raw_usage, "prompt_tokens_details", None)
+                    cached = getattr(details, "cached_tokens", None) if details is not None else None
+                    usage = Usage(raw_usage.prompt_tokens, raw_usage.completion_tokens or 0, cached or 0)
+                for choice in getattr(chunk, "choices", None) or ():
+                    finish = getattr(choice, "finish_reason", None) or finish
+                    delta = getattr(choice, "delta", None)
+                    if delta is None:
+                        continue
+                    content = getattr(delta, "content", None)
+                    if isinstance(content, str) and content:
+                        text.append(content)
+                        yield TextDelta(content)
+                    for call in getattr(delta, "tool_calls", None) or ():
+                        index = call.index if isinstance(getattr(call, "index", None), int) else len(calls)
+                        function = getattr(call, "function", None)
+                        name = getattr(function, "name", None)
+                        arguments = getattr(function, "arguments", None) or ""
+                        slot = calls.setdefault(index, [None, None, ""])
+                        if call.id:
+                            slot[0] = call.id
+                        if name:
+                            slot[1] = name
+                        slot[2] = (slot[2] or "") + arguments
+                        yield ToolCallDelta(index, call.id, name, arguments)
+        except (openai.APIError, ValueError, TypeError, KeyError) as exc:
+            raise self._error(exc) from exc
+        finally:
+            await chunks.close()
+        tool_calls = tuple(ToolCall(c[0] or f"call_{i}", c[1] or "", c[2] or "") for i, c in sorted(calls.items()))
+        full = "".join(text)
+        estimated = usage is None
+        if usage is None:
+            usage = Usage(estimate_input_tokens(messages, settings), estimate_tokens(full or " "))
+        yield ModelResponse(full, usage, str(model_name), estimated, tool_calls, finish, response_id)

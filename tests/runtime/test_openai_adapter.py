@@ -75,13 +75,13 @@ async def test_slow_reply_times_out(server: ScriptedOpenAIServer) -> None:
     assert ei.value.retryable
 
 
-def test_one_client_per_base_url_and_key(server: ScriptedOpenAIServer) -> None:
+async def test_one_client_per_base_url_and_key(server: ScriptedOpenAIServer) -> None:
     a = OpenAIChatModel("a", base_url=server.base_url, api_key="k1")
     b = OpenAIChatModel("b", base_url=server.base_url, api_key="k1")
     c = OpenAIChatModel("c", base_url=server.base_url, api_key="k2")
-    assert a._client is b._client
-    assert a._client is not c._client
-    assert a._client.max_retries == 0
+    assert a.client is b.client
+    assert a.client is not c.client
+    assert a.client.max_retries == 0
 
 
 async def test_blocked_in_tests(server: ScriptedOpenAIServer) -> None:
