@@ -195,7 +195,7 @@ def _batch_neighbours(obj: Mapping[str, Any], lineno: int, cache: _Cache, now: s
     else:
         extra = [key for key in _BINDING_KEYS if key in obj]
         if extra:
-            raise ConfigurationError(f"line {lineno}: {', '.join(extra)} only apply with binding.")
+            raise ConfigurationError(f"line {lineno}: {', '.join(extra)} take effect only with binding.")
     return out
 
 
@@ -331,7 +331,9 @@ def _binding_usage(args: argparse.Namespace) -> str | None:
             )
             if value is not None
         ]
-        return f"{', '.join(given)} only apply with --binding FILE." if given else None
+        if given:
+            return f"{', '.join(given)} configure a binding and take effect only with --binding FILE."
+        return None
     if args.binding_task is None:
         return "--binding needs --binding-task TASK (the binding's task class, e.g. office-assist)."
     return None
@@ -349,7 +351,7 @@ def _binding_request(args: argparse.Namespace) -> BindingRequest:
 
 
 def _cmd_bind(args: argparse.Namespace) -> int:
-    usage = _binding_usage(args)
+    usage = "bind needs --binding FILE (a LocalPersonalRouteBinding)." if args.binding is None else _binding_usage(args)
     if usage is not None:
         _err(usage)
         return 2

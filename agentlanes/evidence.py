@@ -399,10 +399,12 @@ def _gates(f: DecisionFacts, ctx: StageEvidence) -> list[_Gate]:
     where = f"stage {f.stage} of task class {f.task_class}"
     reasons = ", ".join(f.reasons)
     if f.fail_closed:
+        # deferred by default; denied where the policy's onViolation says deny
+        verdict = "deny" if f.status == "denied" else "defer"
         return [
             _Gate(
-                "defer:fail-closed",
-                "defer",
+                f"{verdict}:fail-closed",
+                verdict,
                 "high",
                 f"Routing failed closed for {where}: resource signals were missing or invalid ({reasons}).",
                 "Provide every required resource signal with a valid value and route the stage again.",
@@ -532,7 +534,7 @@ def guardrail_decisions(
     (downgraded), ``escalate`` (a premium lane; human approval when the task class needs
     justification, or a ceiling needs human review), ``defer`` (deferred; failed closed on
     a missing or invalid signal, severity ``high``; waiting for approval), ``deny``
-    (denied; approval refused).
+    (denied; failed closed where the policy denies, severity ``high``; approval refused).
 
     Args:
         decision: a live decision, its facts, or its native JSON form.
