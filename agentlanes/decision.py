@@ -49,6 +49,7 @@ __all__ = [
     "RouteRequest",
     "RouterMeta",
     "Upgrade",
+    "neighbour_inputs_from_record",
 ]
 
 NATIVE_SCHEMA_VERSION: Final = "agentlanes.route-decision/1"
@@ -153,17 +154,21 @@ class RouteRequest(BaseModel):
         budget_remaining: float,
         deterministic: bool,
         excluded_lanes: tuple[tuple[str, str], ...],
-        findings: Findings | None = None,
-        ceilings: tuple[Ceiling, ...] = (),
+        findings: Findings | Mapping[str, Any] | None = None,
+        ceilings: tuple[Ceiling, ...] | Sequence[Mapping[str, Any]] = (),
         binding: BindingDecision | BindingRequest | None = None,
     ) -> RouteRequest:
         """Build a request from values agentlanes has already checked (the runtime and
         replay), without validating them again: what ``model_construct`` does, minus its
         generic overhead (it is most of a warm decision's cost otherwise).
 
-        The neighbours' inputs must already be checked values (:class:`Findings`, a
-        tuple of :class:`Ceiling`); a :class:`BindingRequest` is decided here with
-        ``signals``."""
+        The neighbours' inputs are best passed as checked values (:class:`Findings`, a
+        tuple of :class:`Ceiling`, a :class:`BindingDecision`); documents are checked
+        here, and a :class:`BindingRequest` is decided with ``signals``."""
+        if findings is not None and not isinstance(findings, Findings):
+            findings = parse_findings(findings)
+        if ceilings and not (isinstance(ceilings, tuple) and all(isinstance(c, Ceiling) for c in ceilings)):
+            ceilings = as_ceilings(ceilings)
         if binding is not None and not isinstance(binding, BindingDecision):
             binding = binding.decide(signals)
         request = cls.__new__(cls)
@@ -228,6 +233,31 @@ class RouteRequest(BaseModel):
             f"binding must be a BindingRequest (the binding document, task class, time...) or a BindingDecision, "
             f"not {type(value).__name__}"
         )
+
+
+def neighbour_inputs_from_record(record: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The neighbours' inputs a decision recorded (:meth:`RouteDecision.neighbour_inputs`,
+    the native form's ``neighbourInputs``), as keyword arguments for
+    :class:`RouteRequest` or :meth:`RouteRequest.trusted`: what replay and counterfactual
+    replay pass to decide a recorded stage again with the same inputs (and so the same
+    decision id). ``None`` (a decision without such inputs) gives ``{}``.
+
+    Raises:
+        ValueError: ``record`` is not such a record.
+    """
+    if not record:
+        return {}
+    if not isinstance(record, Mapping):
+        raise ValueError(f"not a neighbour-inputs record: {type(record).__name__}")
+    out: dict[str, Any] = {}
+    if record.get("findings") is not None:
+        out["findings"] = Findings.from_record(record["findings"])
+    ceilings = record.get("ceilings") or ()
+    if ceilings:
+        out["ceilings"] = tuple(Ceiling.from_record(c) for c in ceilings)
+    if record.get("binding") is not None:
+        out["binding"] = BindingDecision.from_record(record["binding"])
+    return out
 
 
 class RouterMeta:

@@ -16,6 +16,7 @@ import pytest
 from agentlanes import Router, RouteRequest
 from agentlanes.binding import BindingDecision, BindingRequest, bind
 from agentlanes.ceiling import Ceiling, CeilingLimits, parse_ceiling
+from agentlanes.decision import neighbour_inputs_from_record
 from agentlanes.findings import Findings, parse_findings
 from agentlanes.lanes import HOSTED_LANES, RANK
 from agentlanes.policy import PersonalTuningContract, RoutingCeiling, load_document
@@ -563,6 +564,24 @@ def test_records_round_trip_to_the_same_decision(router: Router, binding: dict[s
         binding=BindingDecision.from_record(rec["binding"])))
     assert replayed.decision_id == live.decision_id
     assert replayed.to_native() == live.to_native()
+    again = router.decide(RouteRequest(signals=healthy(), **kw, **neighbour_inputs_from_record(rec)))
+    assert again.to_native() == live.to_native()
+    assert neighbour_inputs_from_record(None) == {}
+    with pytest.raises(ValueError, match="not a findings record"):
+        neighbour_inputs_from_record({"findings": {"digest": "x"}})
+
+
+def test_trusted_checks_documents_it_is_given(router: Router) -> None:
+    snap = SignalSnapshot(healthy())
+    base: dict[str, Any] = {"task_class": "log-triage", "stage": "classification", "risk_class": "low",
+                            "signals": snap, "requested_lane": None, "escalation_reason": None,
+                            "budget_window": "task", "budget_remaining": 2.0, "deterministic": False,
+                            "excluded_lanes": ()}
+    doc = findings({"requires_local_model": "true"})
+    a = router.decide(RouteRequest.trusted(**base, findings=doc, ceilings=[ceiling(CEILINGS[0])]))
+    b = decide(router, task_class="log-triage", stage="classification", risk_class="low", findings=doc,
+               ceilings=[ceiling(CEILINGS[0])])
+    assert a.decision_id == b.decision_id and a.to_native() == b.to_native()
 
 
 def test_trusted_accepts_a_binding_request(router: Router, binding: dict[str, Any]) -> None:
