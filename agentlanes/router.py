@@ -337,9 +337,16 @@ class Router:
             f["excluded_lanes"],
         )
         # Findings, ceilings and binding values are always truthy; no inputs, no change
-        # to the key (so decisions without them keep their ids).
-        if f["findings"] or f["ceilings"] or f["binding"]:
-            key = (*key, self._neighbour_key(req))
+        # to the key (so decisions without them keep their ids). With inputs, their
+        # digests join the key (and so the decision id).
+        found, ceilings, binding = f["findings"], f["ceilings"], f["binding"]
+        if found or ceilings or binding:
+            key = (
+                *key,
+                found.digest if found else None,
+                tuple([c.digest for c in ceilings]) if ceilings else (),
+                binding.digest if binding else None,
+            )
         plan = self._plans.get(key)
         if plan is None:
             self._lookup(req)
@@ -475,15 +482,6 @@ class Router:
         keyed.sort()
         hasher = hashlib.sha256(f"{self._bundle_digest}|{key!r}".encode())
         return _Plan(lanes, tuple(i for _, i in keyed), problems, hasher, fail_status, extra)
-
-    @staticmethod
-    def _neighbour_key(req: RouteRequest) -> tuple[str | None, tuple[str, ...], str | None]:
-        """The neighbours' inputs in the plan key (and so in the decision id), by digest."""
-        return (
-            None if req.findings is None else req.findings.digest,
-            tuple(c.digest for c in req.ceilings),
-            None if req.binding is None else req.binding.digest,
-        )
 
     @staticmethod
     def _neighbour_reasons(req: RouteRequest) -> tuple[dict[str, tuple[str, ...]], tuple[str, ...]]:
