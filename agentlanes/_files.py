@@ -16,7 +16,7 @@ from typing import Any, Final
 
 from agentlanes.errors import ConfigurationError
 
-__all__ = ["MAX_INPUT_BYTES", "read_bounded", "read_json_file"]
+__all__ = ["MAX_INPUT_BYTES", "NotJSON", "read_bounded", "read_json_file"]
 
 MAX_INPUT_BYTES: Final = 4 * 1024 * 1024
 """Largest neighbour document read (RFC 0009's findings are bounded well below this)."""

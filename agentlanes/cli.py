@@ -158,6 +158,7 @@ _TYPE_NAMES: dict[_Types, str] = {
     list: "an array of objects or paths",
 }
 _BINDING_KEYS = ("consent", "bindingTask", "ledgerApproved", "egressApproval", "now")
+_NEIGHBOUR_KEYS = frozenset({"findings", "ceilings", "binding", *_BINDING_KEYS})
 
 
 def _now_text(value: str | None) -> str:
@@ -221,7 +222,9 @@ def _batch_request(line: str, lineno: int, cache: _Cache, now: str = "") -> tupl
     resources = obj["resources"]
     signals = cache.signals(resources) if isinstance(resources, str) else cache.inline.get(resources)
     router = cache.router(obj.get("policy"), obj.get("optimizer"), obj.get("priceCatalog"))
-    neighbours = _batch_neighbours(obj, lineno, cache, now or _now_text(None)) if len(obj) > 3 else {}
+    neighbours: dict[str, Any] = {}
+    if not _NEIGHBOUR_KEYS.isdisjoint(obj):
+        neighbours = _batch_neighbours(obj, lineno, cache, now or _now_text(None))
     request = RouteRequest(
         task_class=obj["taskClass"],
         stage=obj["stage"],
@@ -266,6 +269,17 @@ def _run_batch(lines: Iterable[str], out: IO[str], fmt: str) -> int:
 
 def _cmd_route(args: argparse.Namespace) -> int:
     if args.batch is not None:
+        flags = [
+            flag
+            for flag, value in (("--findings", args.findings), ("--ceiling", args.ceiling), ("--binding", args.binding))
+            if value
+        ]
+        if flags:
+            _err(
+                f"{', '.join(flags)} apply to one decision; with --batch, give each line its own findings, "
+                "ceilings or binding keys."
+            )
+            return 2
         if args.batch == "-":
             return _run_batch(sys.stdin, sys.stdout, args.format)
         try:

@@ -486,3 +486,9 @@ def test_evidence_convert_errors_name_the_line(capsys: pytest.CaptureFixture[str
     src.write_text('{"decision": {"schemaVersion": "nope"}}\n')
     code, _, err = run(capsys, "evidence", "convert", str(src), "--format", "guardrail-decisions")
     assert code == 1 and "line 1: Not a native agentlanes route decision" in err
+
+
+def test_batch_refuses_single_decision_inputs(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    found = _findings_file(tmp_path, {})
+    code, _, err = run(capsys, "route", "--batch", "-", "--findings", str(found))
+    assert code == 2 and "--findings apply to one decision; with --batch" in err
