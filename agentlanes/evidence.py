@@ -20,6 +20,12 @@ agentlanes' (5 lanes, 5 stages, other task classes); the mapping is agentlanes' 
 ``agentlanes.mapping/1`` (:data:`MAPPING_VERSION`), and every document records it.
 A task class outside the mapping needs a mapping from the caller (``task_classes=``);
 without one, building a receipt is a :class:`~agentlanes.errors.ConfigurationError`.
+
+The builders take a live :class:`~agentlanes.decision.RouteDecision`, its native JSON
+form, or :class:`DecisionFacts`. A native form alone does not say whether the task class
+needs a human justification or what its default lane is (the policy does): build
+``DecisionFacts.from_native(doc, tasks=router.meta.tasks)`` to give the same evidence
+as the live decision.
 """
 
 from __future__ import annotations
