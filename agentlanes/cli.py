@@ -1,6 +1,9 @@
 """The ``agentlanes`` command line.
 
 ``agentlanes route``     decide one stage (or a batch of JSON lines) and print the decision.
+``agentlanes bind``      decide a local + personal route binding alone and print it.
+``agentlanes evidence``  agentplane receipts, guardrail decisions and an evidence journal
+                         from decisions; check receipts; verify a journal.
 ``agentlanes validate``  check policy / optimizer / catalog documents.
 
 Exit status: 0 when the command did its job (a ``deferred`` decision is still a
@@ -15,13 +18,17 @@ import functools
 import json
 import os
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
 from agentlanes import __version__
+from agentlanes.binding import BindingDecision, BindingRequest, load_binding, load_contract
+from agentlanes.ceiling import Ceiling, load_ceiling, parse_ceiling
 from agentlanes.decision import RouteDecision, RouteRequest
 from agentlanes.errors import AgentLanesError, ConfigurationError, PolicyError
+from agentlanes.findings import Findings, load_findings, parse_findings
 from agentlanes.lanes import LANES
 from agentlanes.policy import (
     Loaded,
@@ -30,6 +37,7 @@ from agentlanes.policy import (
     RoutingOptimizer,
     RoutingPolicy,
     load_document,
+    parse_time,
     read_json,
 )
 from agentlanes.router import Router
@@ -56,6 +64,9 @@ class _Cache:
         self.routers: dict[tuple[str, str, str], Router] = {}
         self.resources: dict[str, SignalSnapshot] = {}
         self.inline = SnapshotCache()  # batches usually repeat one inline signal set
+        self.findings: dict[str, Findings] = {}
+        self.ceilings: dict[str, Ceiling] = {}
+        self.files: dict[tuple[str, str], object] = {}  # binding and consent documents
 
     def doc(self, role: str, path: str | None) -> Loaded:
         from agentlanes import _bundled
@@ -84,6 +95,33 @@ class _Cache:
             snap = self.resources[path] = SignalSnapshot(data)
         return snap
 
+    def findings_of(self, value: object) -> Findings:
+        """A findings document given as a path (read once) or inline."""
+        if isinstance(value, str):
+            found = self.findings.get(value)
+            if found is None:
+                found = self.findings[value] = load_findings(value)
+            return found
+        return parse_findings(value)
+
+    def ceiling_of(self, value: object) -> Ceiling:
+        """A routing-ceiling document given as a path (read once) or inline."""
+        if isinstance(value, str):
+            found = self.ceilings.get(value)
+            if found is None:
+                found = self.ceilings[value] = load_ceiling(value)
+            return found
+        return parse_ceiling(value)
+
+    def document(self, role: str, value: object) -> object:
+        """A binding or consent document given as a path (read once) or inline."""
+        if not isinstance(value, str):
+            return value
+        key = (role, value)
+        if key not in self.files:
+            self.files[key] = load_binding(value) if role == "binding" else load_contract(value)
+        return self.files[key]
+
 
 # ------------------------------------------------------------------------- route
 
@@ -101,17 +139,68 @@ _BATCH_KEYS: dict[str, _Types] = {
     "budgetWindow": str,
     "budgetRemaining": (int, float),
     "deterministic": bool,
+    "findings": (dict, str),
+    "ceilings": list,
+    "binding": (dict, str),
+    "consent": (dict, str, type(None)),
+    "bindingTask": str,
+    "ledgerApproved": bool,
+    "egressApproval": (str, type(None)),
+    "now": str,
 }
 _TYPE_NAMES: dict[_Types, str] = {
     str: "a string",
     (dict, str): "an object or a path",
+    (dict, str, type(None)): "an object, a path or null",
     (str, type(None)): "a string or null",
     (int, float): "a number",
     bool: "true or false",
+    list: "an array of objects or paths",
 }
+_BINDING_KEYS = ("consent", "bindingTask", "ledgerApproved", "egressApproval", "now")
+_NEIGHBOUR_KEYS = frozenset({"findings", "ceilings", "binding", *_BINDING_KEYS})
 
 
-def _batch_request(line: str, lineno: int, cache: _Cache) -> tuple[Router, RouteRequest]:
+def _now_text(value: str | None) -> str:
+    """``--now``/``now``: an ISO 8601 time, normalised to UTC (now when not given)."""
+    if value is None:
+        return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    try:
+        return parse_time(value).isoformat().replace("+00:00", "Z")
+    except ValueError as exc:
+        raise ConfigurationError(f"The binding time {value!r} is not usable: {exc}.") from None
+
+
+def _batch_neighbours(obj: Mapping[str, Any], lineno: int, cache: _Cache, now: str) -> dict[str, Any]:
+    """The neighbours' inputs of one batch line, as RouteRequest keywords."""
+    out: dict[str, Any] = {}
+    if "findings" in obj:
+        out["findings"] = cache.findings_of(obj["findings"])
+    if "ceilings" in obj:
+        items = obj["ceilings"]
+        if not all(isinstance(item, (dict, str)) for item in items):
+            raise ConfigurationError(f"line {lineno}: ceilings must be an array of objects or paths.")
+        out["ceilings"] = tuple(cache.ceiling_of(item) for item in items)
+    if "binding" in obj:
+        if "bindingTask" not in obj:
+            raise ConfigurationError(f"line {lineno}: binding needs bindingTask (the binding's task class).")
+        consent = obj.get("consent")
+        out["binding"] = BindingRequest(
+            binding=cache.document("binding", obj["binding"]),
+            task=obj["bindingTask"],
+            contract=None if consent is None else cache.document("consent", consent),
+            ledger_approved=obj.get("ledgerApproved", False),
+            egress_approval=obj.get("egressApproval"),
+            now=_now_text(obj["now"]) if "now" in obj else now,
+        )
+    else:
+        extra = [key for key in _BINDING_KEYS if key in obj]
+        if extra:
+            raise ConfigurationError(f"line {lineno}: {', '.join(extra)} take effect only with binding.")
+    return out
+
+
+def _batch_request(line: str, lineno: int, cache: _Cache, now: str = "") -> tuple[Router, RouteRequest]:
     try:
         obj = json.loads(line, parse_constant=lambda t: (_ for _ in ()).throw(ValueError(f"{t} is not JSON")))
     except (ValueError, RecursionError) as exc:
@@ -133,6 +222,9 @@ def _batch_request(line: str, lineno: int, cache: _Cache) -> tuple[Router, Route
     resources = obj["resources"]
     signals = cache.signals(resources) if isinstance(resources, str) else cache.inline.get(resources)
     router = cache.router(obj.get("policy"), obj.get("optimizer"), obj.get("priceCatalog"))
+    neighbours: dict[str, Any] = {}
+    if not _NEIGHBOUR_KEYS.isdisjoint(obj):
+        neighbours = _batch_neighbours(obj, lineno, cache, now or _now_text(None))
     request = RouteRequest(
         task_class=obj["taskClass"],
         stage=obj["stage"],
@@ -143,6 +235,7 @@ def _batch_request(line: str, lineno: int, cache: _Cache) -> tuple[Router, Route
         budget_window=obj.get("budgetWindow", "task"),
         budget_remaining=float(obj.get("budgetRemaining", 2.0)),
         deterministic=obj.get("deterministic", False),
+        **neighbours,
     )
     return router, request
 
@@ -151,11 +244,12 @@ def _run_batch(lines: Iterable[str], out: IO[str], fmt: str) -> int:
     cache = _Cache()
     errors = 0
     write = out.write
+    now = _now_text(None)  # one time for the whole batch's bindings (a line's `now` wins)
     for lineno, line in enumerate(lines, start=1):
         try:
             if not line.strip():
                 raise ConfigurationError(f"line {lineno}: empty line; expected one JSON request object.")
-            router, request = _batch_request(line, lineno, cache)
+            router, request = _batch_request(line, lineno, cache, now)
             text = _dump(_render(router.decide(request), fmt), compact=True)
         except ConfigurationError as exc:
             errors += 1
@@ -175,6 +269,17 @@ def _run_batch(lines: Iterable[str], out: IO[str], fmt: str) -> int:
 
 def _cmd_route(args: argparse.Namespace) -> int:
     if args.batch is not None:
+        flags = [
+            flag
+            for flag, value in (("--findings", args.findings), ("--ceiling", args.ceiling), ("--binding", args.binding))
+            if value
+        ]
+        if flags:
+            _err(
+                f"{', '.join(flags)} apply to one decision; with --batch, give each line its own findings, "
+                "ceilings or binding keys."
+            )
+            return 2
         if args.batch == "-":
             return _run_batch(sys.stdin, sys.stdout, args.format)
         try:
@@ -191,19 +296,27 @@ def _cmd_route(args: argparse.Namespace) -> int:
     if missing:
         _err(f"route needs {', '.join(missing)} (or --batch FILE).")
         return 2
+    usage = _binding_usage(args)
+    if usage is not None:
+        _err(usage)
+        return 2
     cache = _Cache()
     try:
         router = cache.router(args.policy, args.optimizer, args.price_catalog)
+        signals = cache.signals(args.resources)
         request = RouteRequest(
             task_class=args.task_class,
             stage=args.stage,
-            signals=cache.signals(args.resources),
+            signals=signals,
             risk_class=args.risk_class,
             requested_lane=args.requested_lane,
             escalation_reason=args.escalation_reason,
             budget_window=args.budget_window,
             budget_remaining=args.budget_remaining,
             deterministic=args.deterministic,
+            findings=None if args.findings is None else load_findings(args.findings),
+            ceilings=tuple(load_ceiling(path) for path in args.ceiling or ()),
+            binding=None if args.binding is None else _binding_request(args).decide(signals),
         )
         decision = router.decide(request)
     except ConfigurationError as exc:
@@ -212,6 +325,160 @@ def _cmd_route(args: argparse.Namespace) -> int:
     for warning in router.bundle.warnings:
         _err(f"warning: {warning}")
     print(_dump(_render(decision, args.format), compact=args.compact))
+    return 0
+
+
+# -------------------------------------------------------------------------- bind
+
+
+def _binding_usage(args: argparse.Namespace) -> str | None:
+    """A usage problem with the binding flags, or ``None``."""
+    if args.binding is None:
+        given = [
+            flag
+            for flag, value in (
+                ("--consent", args.consent),
+                ("--binding-task", args.binding_task),
+                ("--ledger-approved", args.ledger_approved or None),
+                ("--egress-approval", args.egress_approval),
+                ("--now", args.now),
+            )
+            if value is not None
+        ]
+        if given:
+            return f"{', '.join(given)} configure a binding and take effect only with --binding FILE."
+        return None
+    if args.binding_task is None:
+        return "--binding needs --binding-task TASK (the binding's task class, e.g. office-assist)."
+    return None
+
+
+def _binding_request(args: argparse.Namespace) -> BindingRequest:
+    return BindingRequest(
+        binding=load_binding(args.binding),
+        task=args.binding_task,
+        contract=None if args.consent is None else load_contract(args.consent),
+        ledger_approved=args.ledger_approved,
+        egress_approval=args.egress_approval,
+        now=_now_text(args.now),
+    )
+
+
+def _cmd_bind(args: argparse.Namespace) -> int:
+    usage = "bind needs --binding FILE (a LocalPersonalRouteBinding)." if args.binding is None else _binding_usage(args)
+    if usage is not None:
+        _err(usage)
+        return 2
+    try:
+        if args.resources is None:
+            signals = SignalSnapshot({})
+            _err(
+                "warning: no --resources given; local health and the network are unknown, so local and networked "
+                "targets are refused (fail closed)."
+            )
+        else:
+            signals = _Cache().signals(args.resources)
+        decision: BindingDecision = _binding_request(args).decide(signals)
+    except ConfigurationError as exc:
+        _err(str(exc))
+        return 1
+    print(_dump(decision.to_json(), compact=args.compact))
+    return 0
+
+
+def _add_binding_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--binding", metavar="FILE", help="LocalPersonalRouteBinding document (CONTRACT D3)")
+    parser.add_argument("--consent", metavar="FILE", help="PersonalTuningContract holding the user's consent")
+    parser.add_argument("--binding-task", metavar="TASK", help="the binding's task class, e.g. office-assist")
+    parser.add_argument(
+        "--ledger-approved", action="store_true", help="the governance ledger approved the personal artifact"
+    )
+    parser.add_argument("--egress-approval", metavar="REF", help="policy approval reference for prompt egress")
+    parser.add_argument("--now", metavar="ISO-TIME", help="time to judge consent expiry at (default: now)")
+
+
+# ---------------------------------------------------------------------- evidence
+
+
+def _evidence_input(path: str) -> Iterable[str]:
+    if path == "-":
+        return sys.stdin
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().splitlines()
+    except OSError as exc:
+        raise ConfigurationError(f"Cannot read {path}: {exc.strerror}.") from None
+    except UnicodeDecodeError:
+        raise ConfigurationError(f"{path} is not UTF-8 text.") from None
+
+
+def _cmd_evidence(args: argparse.Namespace) -> int:
+    from agentlanes import evidence as ev
+
+    try:
+        if args.action == "verify-journal":
+            report = ev.verify_journal(_evidence_input(args.file))
+            print(json.dumps(report.to_json(), indent=2, sort_keys=True))
+            return 0 if report.verified else 1
+        if args.action == "check-receipts":
+            bad = 0
+            count = 0
+            for lineno, line in enumerate(_evidence_input(args.file), start=1):
+                if not line.strip():
+                    continue
+                count += 1
+                try:
+                    doc = json.loads(line)
+                except ValueError:
+                    problems = ["the line is not JSON"]
+                else:
+                    problems = ev.check_lane_receipt(doc)
+                for problem in problems:
+                    _err(f"line {lineno}: {problem}")
+                bad += bool(problems)
+            print(f"{count - bad} of {count} receipt(s) valid")
+            return 1 if bad else 0
+        # convert
+        task_map: dict[str, str] = {}
+        for item in args.task_class_map or ():
+            name, sep, target = item.partition("=")
+            if not sep or not name or not target:
+                _err(f"--task-class-map {item!r} must be TASK=CLASS, e.g. data-cleanup=data_extraction.")
+                return 2
+            task_map[name] = target
+        pol = _Cache().doc("policy", args.policy).document
+        assert isinstance(pol, RoutingPolicy)
+        tasks = {t.task_class: (t.default_lane, t.requires_human_justification) for t in pol.task_classes}
+        issued = args.issued_at or _now_text(None)
+        records = []
+        for lineno, line in enumerate(_evidence_input(args.file), start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+                if not isinstance(obj, dict):
+                    raise ConfigurationError("a line must be a JSON object")
+                if "decision" in obj:
+                    unknown = set(obj) - {"decision", "context"}
+                    if unknown:
+                        names = ", ".join(sorted(unknown))
+                        raise ConfigurationError(f"unknown key(s) {names} (keys: decision, context)")
+                    doc, context = obj["decision"], obj.get("context") or {}
+                else:
+                    doc, context = obj, {}
+                if not isinstance(doc, dict) or not isinstance(context, dict):
+                    raise ConfigurationError("decision and context must be JSON objects")
+                facts = ev.DecisionFacts.from_native(doc, tasks=tasks)
+                ctx = ev.StageEvidence.from_json(context, run_id=args.run_id, issued_at=issued)
+            except (ConfigurationError, ValueError) as exc:
+                raise ConfigurationError(f"line {lineno}: {exc}") from None
+            records.append((facts, ctx))
+        out = list(ev.evidence_lines(records, args.format, task_classes=task_map))
+    except ConfigurationError as exc:
+        _err(str(exc))
+        return 1
+    for text in out:
+        sys.stdout.write(text + "\n")
     return 0
 
 
@@ -622,7 +889,44 @@ def build_parser() -> argparse.ArgumentParser:
     route.add_argument(
         "--batch", metavar="FILE", help="decide one JSON request per line of FILE ('-' for stdin); one output line each"
     )
+    route.add_argument("--findings", metavar="FILE", help="sandbox findings document (CONTRACT D1)")
+    route.add_argument(
+        "--ceiling", metavar="FILE", action="append", help="routing-ceiling document (CONTRACT D2); repeatable"
+    )
+    _add_binding_flags(route)
     route.set_defaults(func=_cmd_route)
+
+    bind = sub.add_parser("bind", help="decide a local + personal route binding alone (CONTRACT D3)")
+    _add_binding_flags(bind)
+    bind.add_argument("--resources", metavar="FILE", help="resource signals (local health, network)")
+    bind.add_argument("--compact", action="store_true", help="one-line JSON")
+    bind.set_defaults(func=_cmd_bind)
+
+    evidence = sub.add_parser(
+        "evidence", help="agentplane lane receipts, guardrail decisions and evidence journals (CONTRACT D4)"
+    )
+    esub = evidence.add_subparsers(dest="action", required=True, metavar="ACTION")
+    conv = esub.add_parser(
+        "convert", help="evidence from native decisions (JSON lines; each a decision or {decision, context})"
+    )
+    conv.add_argument("file", help="JSON lines of native decisions ('-' for stdin)")
+    conv.add_argument(
+        "--format", required=True, choices=["agentplane-lane-receipts", "guardrail-decisions", "evidence-journal"]
+    )
+    conv.add_argument("--run-id", default="cli", help="run id for lines without a context (default: cli)")
+    conv.add_argument("--issued-at", metavar="ISO-TIME", help="time for lines without a context (default: now)")
+    conv.add_argument(
+        "--task-class-map",
+        metavar="TASK=CLASS",
+        action="append",
+        help="agentplane task class for a task class outside agentlanes.mapping/1; repeatable",
+    )
+    conv.add_argument("--policy", help="routing policy the decisions were made under (default: bundled)")
+    chk = esub.add_parser("check-receipts", help="check ModelRoutingLaneDecisionReceipt documents (JSON lines)")
+    chk.add_argument("file", help="JSON lines ('-' for stdin)")
+    vj = esub.add_parser("verify-journal", help="verify an evidence journal's hash chain")
+    vj.add_argument("file", help="the journal ('-' for stdin)")
+    evidence.set_defaults(func=_cmd_evidence)
 
     demo = sub.add_parser("demo", help="run the demo chain offline (plan, patch, verify, escalate, receipt)")
     demo.add_argument("--task", help="task description passed to the planning stage")

@@ -12,19 +12,29 @@ the decision itself. Both render to JSON in two forms:
 * **upstream** (:meth:`RouteDecision.to_upstream`): the public
   ``AgentExecutionRouteDecision`` v0.1 document, valid against its schema.
 
+Requests may carry the neighbours' inputs (CONTRACT D): sandbox ``findings``, routing
+``ceilings`` and a personal ``binding``. A decision shaped by any of them records them
+(by digest, with what was read) under ``neighbourInputs`` in the native form and under
+``evidence.agentlanesNeighbourInputs`` in the upstream form; a request without them
+renders exactly as before, with the same ``decisionId``.
+
 Schema versions of the native form:
-``agentlanes.route-decision/1``: first version.
+``agentlanes.route-decision/1``: first version; ``neighbourInputs`` appears only in
+decisions that had such inputs (an addition, old readers are unaffected).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, NamedTuple
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic.alias_generators import to_camel
 
+from agentlanes.binding import BindingDecision, BindingRequest
+from agentlanes.ceiling import Ceiling, CeilingLimits, as_ceilings
+from agentlanes.findings import Findings, parse_findings
 from agentlanes.lanes import COST_CLASS, DETERMINISTIC_STAGES
 from agentlanes.signals import REQUIRED_SIGNALS, ResourceSignals, SignalSnapshot
 
@@ -39,6 +49,7 @@ __all__ = [
     "RouteRequest",
     "RouterMeta",
     "Upgrade",
+    "neighbour_inputs_from_record",
 ]
 
 NATIVE_SCHEMA_VERSION: Final = "agentlanes.route-decision/1"
@@ -80,6 +91,16 @@ class RouteRequest(BaseModel):
     """Chain state (CONTRACT C): lanes this stage may not use, each with the reason that
     is added to its candidate, e.g. ``(("standard", "escalated-from:standard"),)`` after
     repeated standard-lane failure or ``(("cheap", "provider-unavailable"),)``."""
+    findings: Findings | None = None
+    """Sandbox findings (CONTRACT D1); pass the parsed document and it is checked into
+    :class:`~agentlanes.findings.Findings` (a malformed one fails closed)."""
+    ceilings: tuple[Ceiling, ...] = ()
+    """Routing ceilings (CONTRACT D2); pass the parsed ``routing_consequence`` documents
+    and they are checked into :class:`~agentlanes.ceiling.Ceiling` values."""
+    binding: BindingDecision | None = None
+    """A local + personal binding decision (CONTRACT D3); pass a
+    :class:`~agentlanes.binding.BindingRequest` and it is decided with this request's
+    signals."""
 
     if TYPE_CHECKING:
         # What callers may pass: the validator below turns mappings and
@@ -97,7 +118,15 @@ class RouteRequest(BaseModel):
             budget_remaining: float = 2.0,
             deterministic: bool = False,
             excluded_lanes: tuple[tuple[str, str], ...] = (),
+            findings: Findings | Mapping[str, Any] | None = None,
+            ceilings: Sequence[Ceiling | Mapping[str, Any]] | Mapping[str, Any] | None = (),
+            binding: BindingDecision | BindingRequest | None = None,
         ) -> None: ...
+
+    @property
+    def has_neighbour_inputs(self) -> bool:
+        """True when findings, ceilings or a binding shape this request."""
+        return self.findings is not None or bool(self.ceilings) or self.binding is not None
 
     def upstream_input(self) -> dict[str, Any]:
         """The request as the upstream decision document's ``input`` (camelCase)."""
@@ -125,10 +154,23 @@ class RouteRequest(BaseModel):
         budget_remaining: float,
         deterministic: bool,
         excluded_lanes: tuple[tuple[str, str], ...],
+        findings: Findings | Mapping[str, Any] | None = None,
+        ceilings: tuple[Ceiling, ...] | Sequence[Mapping[str, Any]] = (),
+        binding: BindingDecision | BindingRequest | None = None,
     ) -> RouteRequest:
         """Build a request from values agentlanes has already checked (the runtime and
         replay), without validating them again: what ``model_construct`` does, minus its
-        generic overhead (it is most of a warm decision's cost otherwise)."""
+        generic overhead (it is most of a warm decision's cost otherwise).
+
+        The neighbours' inputs are best passed as checked values (:class:`Findings`, a
+        tuple of :class:`Ceiling`, a :class:`BindingDecision`); documents are checked
+        here, and a :class:`BindingRequest` is decided with ``signals``."""
+        if findings is not None and not isinstance(findings, Findings):
+            findings = parse_findings(findings)
+        if ceilings and not (isinstance(ceilings, tuple) and all(isinstance(c, Ceiling) for c in ceilings)):
+            ceilings = as_ceilings(ceilings)
+        if binding is not None and not isinstance(binding, BindingDecision):
+            binding = binding.decide(signals)
         request = cls.__new__(cls)
         object.__setattr__(
             request,
@@ -144,6 +186,9 @@ class RouteRequest(BaseModel):
                 "budget_remaining": budget_remaining,
                 "deterministic": deterministic,
                 "excluded_lanes": excluded_lanes,
+                "findings": findings,
+                "ceilings": ceilings,
+                "binding": binding,
             },
         )
         object.__setattr__(request, "__pydantic_fields_set__", _ALL_FIELDS)
@@ -164,6 +209,56 @@ class RouteRequest(BaseModel):
             f"signals must be a mapping of resource signals or a SignalSnapshot, not {type(value).__name__}"
         )
 
+    @field_validator("findings", mode="plain")
+    @classmethod
+    def _findings(cls, value: object) -> Findings | None:
+        if value is None or isinstance(value, Findings):
+            return value
+        return parse_findings(value)
+
+    @field_validator("ceilings", mode="plain")
+    @classmethod
+    def _ceilings(cls, value: object) -> tuple[Ceiling, ...]:
+        return as_ceilings(value)
+
+    @field_validator("binding", mode="plain")
+    @classmethod
+    def _binding(cls, value: object, info: ValidationInfo) -> BindingDecision | None:
+        if value is None or isinstance(value, BindingDecision):
+            return value
+        if isinstance(value, BindingRequest):
+            signals = info.data.get("signals")
+            return value.decide(signals if isinstance(signals, SignalSnapshot) else SignalSnapshot({}))
+        raise TypeError(
+            f"binding must be a BindingRequest (the binding document, task class, time...) or a BindingDecision, "
+            f"not {type(value).__name__}"
+        )
+
+
+def neighbour_inputs_from_record(record: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The neighbours' inputs a decision recorded (:meth:`RouteDecision.neighbour_inputs`,
+    the native form's ``neighbourInputs``), as keyword arguments for
+    :class:`RouteRequest` or :meth:`RouteRequest.trusted`: what replay and counterfactual
+    replay pass to decide a recorded stage again with the same inputs (and so the same
+    decision id). ``None`` (a decision without such inputs) gives ``{}``.
+
+    Raises:
+        ValueError: ``record`` is not such a record.
+    """
+    if not record:
+        return {}
+    if not isinstance(record, Mapping):
+        raise ValueError(f"not a neighbour-inputs record: {type(record).__name__}")
+    out: dict[str, Any] = {}
+    if record.get("findings") is not None:
+        out["findings"] = Findings.from_record(record["findings"])
+    ceilings = record.get("ceilings") or ()
+    if ceilings:
+        out["ceilings"] = tuple(Ceiling.from_record(c) for c in ceilings)
+    if record.get("binding") is not None:
+        out["binding"] = BindingDecision.from_record(record["binding"])
+    return out
+
 
 class RouterMeta:
     """Per-router constants that decisions render (shared, never copied per decision)."""
@@ -177,6 +272,7 @@ class RouterMeta:
         "optimizer_ref",
         "policy_ref",
         "premium_reserve_share",
+        "tasks",
         "upstream_evidence",
     )
 
@@ -193,6 +289,10 @@ class RouterMeta:
         self.floors: dict[str, tuple[str, bool]] = {
             f.risk_class: (f.minimum_lane, f.requires_verification) for f in opt.quality_policy.risk_floors
         }
+        self.tasks: dict[str, tuple[str, bool]] = {
+            t.task_class: (t.default_lane, t.requires_human_justification) for t in pol.task_classes
+        }
+        """Per task class: its default lane and whether it needs a human justification."""
         ev = opt.evidence
         self.upstream_evidence = {
             "emitRouteDecision": pol.evidence.emit_route_decision,
@@ -315,6 +415,36 @@ class RouteDecision(NamedTuple):
         """The task class this decision is for."""
         return self.request.task_class
 
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """The routing ceilings' ``must_preserve_warnings`` (CONTRACT D2), to be carried
+        into every record of the run."""
+        if not self.request.ceilings:
+            return ()
+        return CeilingLimits.combine(self.request.ceilings).warnings
+
+    @property
+    def approval_required(self) -> bool:
+        """A routing ceiling says ``human_review_required`` and this stage is
+        ``execution`` or ``tool-use``: it needs an approval before it runs (CONTRACT D2)."""
+        if not self.request.ceilings:
+            return False
+        return CeilingLimits.combine(self.request.ceilings).approval_required(self.request.stage)
+
+    def neighbour_inputs(self) -> dict[str, Any] | None:
+        """The neighbours' inputs that shaped this decision, by digest and with what was
+        read from them (``None`` when there were none)."""
+        req = self.request
+        if req.findings is None and not req.ceilings and req.binding is None:
+            return None
+        return {
+            "findings": None if req.findings is None else req.findings.to_record(),
+            "ceilings": [c.to_record() for c in req.ceilings],
+            "binding": None if req.binding is None else req.binding.to_record(),
+            "mustPreserveWarnings": list(self.warnings),
+            "approvalRequired": self.approval_required,
+        }
+
     def candidate(self, lane: str) -> Candidate | None:
         """The candidate for ``lane``, if it was evaluated."""
         for cand in self.candidates:
@@ -326,7 +456,7 @@ class RouteDecision(NamedTuple):
         """Everything agentlanes knows about this decision, as JSON-ready data."""
         req = self.request
         meta = self.meta
-        return {
+        out: dict[str, Any] = {
             "schemaVersion": NATIVE_SCHEMA_VERSION,
             "decisionId": self.decision_id,
             "status": self.status,
@@ -371,6 +501,10 @@ class RouteDecision(NamedTuple):
             },
             "documents": dict(meta.documents),
         }
+        neighbours = self.neighbour_inputs()
+        if neighbours is not None:
+            out["neighbourInputs"] = neighbours
+        return out
 
     def to_upstream(self, *, created_at: datetime | str | None = None) -> dict[str, Any]:
         """The public ``AgentExecutionRouteDecision`` v0.1 document.
@@ -397,6 +531,10 @@ class RouteDecision(NamedTuple):
                 "reasons": list(self.requested.reasons) or ["feasible"],
             }
         floor = meta.quality(req.risk_class, req.stage, req.deterministic)
+        evidence: dict[str, Any] = dict(meta.upstream_evidence)
+        neighbours = self.neighbour_inputs()
+        if neighbours is not None:
+            evidence["agentlanesNeighbourInputs"] = neighbours
         return {
             "schemaVersion": "v0.1",
             "kind": "AgentExecutionRouteDecision",
@@ -433,7 +571,7 @@ class RouteDecision(NamedTuple):
                 }
                 for c in self.candidates
             ],
-            "evidence": dict(meta.upstream_evidence),
+            "evidence": evidence,
         }
 
 

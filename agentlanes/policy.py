@@ -17,10 +17,11 @@ import hashlib
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeAlias, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 
 from agentlanes import _bundled
@@ -34,18 +35,22 @@ __all__ = [
     "Document",
     "LocalPersonalRouteBinding",
     "ModelLane",
+    "PersonalTuningContract",
     "PolicyBundle",
     "PriceCatalog",
     "PriceCatalogLane",
     "PriceProfile",
     "Pricing",
     "RiskFloor",
+    "RoutingCeiling",
+    "RoutingConsequence",
     "RoutingOptimizer",
     "RoutingPolicy",
     "TaskClass",
     "canonical_json",
     "load_bundle",
     "load_document",
+    "parse_time",
     "read_json",
 ]
 
@@ -471,12 +476,108 @@ class LocalPersonalRouteBinding(_Doc):
     evidence: BindingEvidence
 
 
-Document: TypeAlias = RoutingPolicy | RoutingOptimizer | PriceCatalog | LocalPersonalRouteBinding | ResourceSignals
-_KINDS: dict[str, type[_Doc]] = {
+# ------------------------------------------------------ personal tuning contract
+
+
+class Consent(_Doc):
+    """``consent`` of a :class:`PersonalTuningContract`."""
+
+    status: Literal["granted", "pending", "revoked", "expired"]
+    signed_intent_ref: str
+    proof_of_life_ref: str | None = None
+    scope: Literal["single-workroom", "workspace", "device", "tenant", "custom"]
+    expires_at: str
+    """An ISO 8601 date-time; a consent is in force strictly before it."""
+    revocable: bool
+    notes: str | None = None
+
+    @field_validator("expires_at")
+    @classmethod
+    def _iso_time(cls, value: str) -> str:
+        parse_time(value)
+        return value
+
+
+class PersonalTuningContract(_Doc):
+    """model-governance-ledger's ``PersonalTuningContract``: a user's consent to a personal
+    model artifact. agentlanes reads ``contractId`` and ``consent`` (CONTRACT D3); the
+    other sections are checked for presence and kept as they are."""
+
+    schema_version: Literal["v0.1"]
+    kind: Literal["PersonalTuningContract"]
+    contract_id: Annotated[str, Field(pattern=r"^urn:socioprophet:personal-tuning-contract:")]
+    subject: dict[str, Any]
+    base_model_ref: str
+    tuning_target: dict[str, Any]
+    consent: Consent
+    data_boundary: dict[str, Any]
+    training_scope: dict[str, Any]
+    evaluation: dict[str, Any]
+    promotion: dict[str, Any]
+    revocation: dict[str, Any]
+    orchestration: dict[str, Any]
+    evidence: dict[str, Any] | None = None
+
+
+# ------------------------------------------------------------ routing ceilings
+
+
+class _SnakeDoc(BaseModel):
+    """Base of model-router's snake_case documents (no aliases)."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="allow")
+
+
+AutonomyCeiling = Literal["report_only", "advisory", "human_review_required", "bounded_autonomy"]
+SnakeLaneName = Literal["no_model", "local_cheap", "cheap", "standard", "high_end", "pro"]
+
+
+class RoutingConsequence(_SnakeDoc):
+    """``routing_consequence``: what a validation or runtime state allows (CONTRACT D2).
+
+    Unknown fields are refused here (not merely reported): a field agentlanes cannot
+    read may be a restriction, and ignoring a restriction would loosen the ceiling."""
+
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+    autonomy_ceiling: AutonomyCeiling
+    model_lane_ceiling: SnakeLaneName
+    high_end_allowed: bool
+    pro_allowed: bool
+    deterministic_verification_required: bool
+    fallback_posture: Annotated[str, Field(min_length=1)]
+    must_preserve_warnings: list[str]
+
+
+class RoutingCeiling(_SnakeDoc):
+    """A model-router state routing policy (SVF receipt-state, environment-state or
+    runtime-state): a document that ends in a ``routing_consequence`` block. It has no
+    ``kind``; it is recognised by that block."""
+
+    schema_version: Annotated[str, Field(min_length=1)]
+    policy_id: Annotated[str, Field(min_length=1)]
+    owner: dict[str, Any] | None = None
+    source: dict[str, Any] | None = None
+    inputs: dict[str, Any] | None = None
+    routing_consequence: RoutingConsequence
+    non_claims: list[str] | None = None
+
+
+Document: TypeAlias = (
+    RoutingPolicy
+    | RoutingOptimizer
+    | PriceCatalog
+    | LocalPersonalRouteBinding
+    | PersonalTuningContract
+    | RoutingCeiling
+    | ResourceSignals
+)
+_KINDS: dict[str, type[BaseModel]] = {
     "AgentExecutionModelRoutingPolicy": RoutingPolicy,
     "AgentExecutionBudgetResourceOptimizer": RoutingOptimizer,
     "ModelPriceCatalog": PriceCatalog,
     "LocalPersonalRouteBinding": LocalPersonalRouteBinding,
+    "PersonalTuningContract": PersonalTuningContract,
 }
 _D = TypeVar("_D", bound=BaseModel)
 
@@ -487,6 +588,22 @@ _D = TypeVar("_D", bound=BaseModel)
 def canonical_json(value: object) -> bytes:
     """Canonical JSON bytes (sorted keys, no spaces, UTF-8, no NaN) for digests."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
+
+
+def parse_time(value: str) -> datetime:
+    """An ISO 8601 date-time (``Z`` accepted) as an aware UTC datetime; a value with no
+    offset is taken as UTC.
+
+    Raises:
+        ValueError: ``value`` is not an ISO 8601 date-time.
+    """
+    if not isinstance(value, str) or "T" not in value.upper():
+        raise ValueError(f"{value!r} is not an ISO 8601 date-time such as 2026-06-01T00:00:00Z")
+    try:
+        parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO 8601 date-time such as 2026-06-01T00:00:00Z") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _pointer(loc: tuple[int | str, ...]) -> str:
@@ -583,6 +700,8 @@ def _kind_of(data: object, source: str) -> type[BaseModel]:
             f"{source}: a routing document must be a JSON object, not {type(data).__name__}.",
             source=source,
         )
+    if "kind" not in data and "routing_consequence" in data:
+        return RoutingCeiling
     if "kind" not in data and any(name in data for name in REQUIRED_SIGNALS):
         return ResourceSignals
     kind = data.get("kind")
@@ -592,7 +711,8 @@ def _kind_of(data: object, source: str) -> type[BaseModel]:
         got = "missing" if "kind" not in data else _short(kind)
         raise PolicyError(
             f"{source}: /kind is {got}; a routing document's kind is one of: {allowed} "
-            "(or, with no kind, a resource-signals object).",
+            "(or, with no kind, a routing-ceiling document with a routing_consequence block, or a "
+            "resource-signals object).",
             source=source,
             pointer="/kind",
         )
@@ -683,7 +803,16 @@ def load_document(doc: str | Path | Mapping[str, Any], *, source: str | None = N
     digest = "sha256:" + hashlib.sha256(canonical_json(canonical)).hexdigest()
     warnings = tuple(f"{src}: unknown field {p} is ignored (it cannot change a routing decision)." for p in unknown)
     assert isinstance(
-        document, (RoutingPolicy, RoutingOptimizer, PriceCatalog, LocalPersonalRouteBinding, ResourceSignals)
+        document,
+        (
+            RoutingPolicy,
+            RoutingOptimizer,
+            PriceCatalog,
+            LocalPersonalRouteBinding,
+            PersonalTuningContract,
+            RoutingCeiling,
+            ResourceSignals,
+        ),
     )
     return Loaded(document=document, source=src, digest=digest, warnings=warnings)
 

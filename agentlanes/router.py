@@ -12,6 +12,12 @@ comparison per lane, a scan of the preference order and one digest.
 
 Budget seam (CONTRACT B6): ``decide(request, ledger_remaining=x)`` decides with the least
 of the caller's ``budgetRemaining`` and what a budget ledger says the window has left.
+
+Neighbours' inputs (CONTRACT D): a request's findings, routing ceilings and binding add
+reasons to the candidates they remove (after the nine rules' reasons, in that order:
+findings, ceilings, binding, then the ceilings' stage-wide reasons) and are part of the
+plan key, so they are part of the decision id. A request without them takes exactly the
+old path: same key, same id, three dict reads and a truth test more.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from agentlanes.ceiling import CeilingLimits
 from agentlanes.decision import Candidate, DecisionStatus, RouteDecision, RouteRequest, RouterMeta, Upgrade
 from agentlanes.errors import RouteInputError
 from agentlanes.lanes import DETERMINISTIC_STAGES, HOSTED_LANES, PREMIUM_LANES, RANK, lane_list
@@ -38,7 +45,17 @@ _new_tuple: Final = tuple.__new__
 class _Plan:
     """Everything about a decision that does not depend on the budget figure."""
 
-    __slots__ = ("affordable", "best_affordable", "hasher", "lanes", "max_cost", "preference", "problems")
+    __slots__ = (
+        "affordable",
+        "best_affordable",
+        "extra",
+        "fail_status",
+        "hasher",
+        "lanes",
+        "max_cost",
+        "preference",
+        "problems",
+    )
 
     def __init__(
         self,
@@ -46,13 +63,21 @@ class _Plan:
         preference: tuple[int, ...],
         problems: tuple[str, ...],
         hasher: hashlib._Hash,
+        fail_status: DecisionStatus,
+        extra: dict[str, tuple[str, ...]],
     ) -> None:
         self.lanes = lanes
         """Per candidate lane: its candidate when affordable, when over budget, its cost."""
         self.preference = preference
         """Indices of lanes feasible-if-affordable, best first (tie-breakers, then rank)."""
         self.problems = problems
-        """Signal problems; non-empty means the decision fails closed."""
+        """Signal problems, then the neighbours' stage-wide reasons (a ceiling that defers
+        the stage); non-empty means the decision fails closed."""
+        self.fail_status = fail_status
+        """The status when :attr:`problems` is non-empty: the policy's for bad signals,
+        ``deferred`` for a stage a ceiling defers."""
+        self.extra = extra
+        """The neighbours' reasons per lane (empty without neighbours' inputs)."""
         self.hasher = hasher
         """sha256 state fed with the documents' digest and the plan key."""
         self.max_cost = max((cost for _, _, cost in lanes), default=0.0)
@@ -294,19 +319,34 @@ class Router:
                 or lane the documents do not define.
         """
         req = request
-        sig = req.signals
-        reason_given = req.escalation_reason
+        # The request's fields, read from its __dict__ (where pydantic keeps them, and
+        # where RouteRequest.trusted puts them): a dict subscription costs a third of an
+        # attribute read on a pydantic model, and this is most of a warm decision.
+        f = req.__dict__
+        sig = f["signals"]
+        reason_given = f["escalation_reason"]
         escalation = 0 if not reason_given else (1 if reason_given in self._allowed_reasons else 2)
-        key = (
-            req.task_class,
-            req.stage,
-            req.risk_class,
-            req.budget_window,
-            req.deterministic,
+        key: tuple[Any, ...] = (
+            f["task_class"],
+            f["stage"],
+            f["risk_class"],
+            f["budget_window"],
+            f["deterministic"],
             escalation,
             sig.digest,
-            req.excluded_lanes,
+            f["excluded_lanes"],
         )
+        # Findings, ceilings and binding values are always truthy; no inputs, no change
+        # to the key (so decisions without them keep their ids). With inputs, their
+        # digests join the key (and so the decision id).
+        found, ceilings, binding = f["findings"], f["ceilings"], f["binding"]
+        if found or ceilings or binding:
+            key = (
+                *key,
+                found.digest if found else None,
+                tuple([c.digest for c in ceilings]) if ceilings else (),
+                binding.digest if binding else None,
+            )
         plan = self._plans.get(key)
         if plan is None:
             self._lookup(req)
@@ -314,11 +354,11 @@ class Router:
             if len(self._plans) >= 2048:  # bounded; entries are cheap to rebuild
                 self._plans.clear()
             self._plans[key] = plan
-        asked = req.requested_lane
+        asked = f["requested_lane"]
         if asked is not None and asked not in RANK:
             raise RouteInputError(f"Requested lane {asked!r} is not a lane (lanes: {lane_list()}).")
 
-        budget = float(req.budget_remaining)
+        budget = float(f["budget_remaining"])
         if ledger_remaining is not None and ledger_remaining < budget:
             budget = float(ledger_remaining)
         problems = plan.problems
@@ -343,7 +383,7 @@ class Router:
                     requested = cand
                     break
             else:
-                ok, over, cost = self._lane_plan(asked, req, escalation)
+                ok, over, cost = self._lane_plan(asked, req, escalation, plan.extra.get(asked, ()))
                 requested = ok if cost <= budget else over
 
         upgrade = None
@@ -351,7 +391,7 @@ class Router:
         lane: str | None = None
         cost_out: float | None = None
         if problems:
-            status, reason, reasons = self._fail_status, problems[0], problems
+            status, reason, reasons = plan.fail_status, problems[0], problems
         else:
             if best is not None:
                 lane, cost_out = best.lane, best.estimated_cost
@@ -428,8 +468,11 @@ class Router:
         candidate when over budget, and its cost; the order in which feasible lanes
         are preferred (tie-breakers, then rank); and the signal problems.
         """
-        lanes = tuple(self._lane_plan(lane, req, escalation) for lane in self._order)
+        extra, halt = self._neighbour_reasons(req) if req.has_neighbour_inputs else ({}, ())
+        lanes = tuple(self._lane_plan(lane, req, escalation, extra.get(lane, ())) for lane in self._order)
         problems = self._signal_problems(req.signals)
+        fail_status: DecisionStatus = self._fail_status if problems else "deferred"
+        problems += halt
         template = self._template
         keyed = []
         for i, (ok, _over, cost) in enumerate(lanes):
@@ -438,7 +481,29 @@ class Router:
                 keyed.append((tuple(cost if v == _FEASIBLE_KEY_COST else v for v in tpl), i))
         keyed.sort()
         hasher = hashlib.sha256(f"{self._bundle_digest}|{key!r}".encode())
-        return _Plan(lanes, tuple(i for _, i in keyed), problems, hasher)
+        return _Plan(lanes, tuple(i for _, i in keyed), problems, hasher, fail_status, extra)
+
+    @staticmethod
+    def _neighbour_reasons(req: RouteRequest) -> tuple[dict[str, tuple[str, ...]], tuple[str, ...]]:
+        """CONTRACT D1-D3: per lane, the reasons the neighbours' inputs add (findings,
+        then ceilings, then the binding, then the ceilings' stage-wide reasons); and those
+        stage-wide reasons alone (a ceiling that defers the whole stage)."""
+        parts: list[dict[str, tuple[str, ...]]] = []
+        halt: tuple[str, ...] = ()
+        if req.findings is not None:
+            parts.append(req.findings.lane_reasons())
+        if req.ceilings:
+            limits = CeilingLimits.combine(req.ceilings)
+            parts.append(limits.lane_reasons())
+            halt = limits.stage_reasons(req.stage, req.deterministic)
+        if req.binding is not None:
+            parts.append(req.binding.lane_reasons())
+        extra: dict[str, tuple[str, ...]] = {}
+        for lane in RANK:
+            reasons = (*(r for part in parts for r in part.get(lane, ())), *halt)
+            if reasons:
+                extra[lane] = reasons
+        return extra, halt
 
     def _signal_problems(self, sig: SignalSnapshot) -> tuple[str, ...]:
         problems = sig.problems
@@ -448,15 +513,18 @@ class Router:
                 problems = tuple(sorted((*problems, *missing)))
         return problems
 
-    def _lane_plan(self, lane: str, req: RouteRequest, escalation: int) -> tuple[Candidate, Candidate, float]:
-        """One lane under all nine rules, with and without ``budget-insufficient``."""
+    def _lane_plan(
+        self, lane: str, req: RouteRequest, escalation: int, extra: tuple[str, ...] = ()
+    ) -> tuple[Candidate, Candidate, float]:
+        """One lane under all nine rules, with and without ``budget-insufficient``, plus
+        ``extra``: the neighbours' reasons for it."""
         pre, post = self._static_reasons(req, escalation)[lane]
         sig = req.signals
         cost = self.lane_cost(lane, sig)
         problems = self._signal_problems(sig)
         if problems:
             excluded_ = tuple(why for name, why in req.excluded_lanes if name == lane)
-            reasons = (*problems, *pre, *post, *excluded_)
+            reasons = (*problems, *pre, *post, *excluded_, *extra)
             cand = Candidate(lane, False, cost, reasons)
             return cand, cand, cost
         dyn: tuple[str, ...] = ()
@@ -467,8 +535,8 @@ class Router:
             if lane in PREMIUM_LANES:
                 dyn += self._premium_reasons(sig)
         excluded = tuple(why for name, why in req.excluded_lanes if name == lane)
-        ok_reasons = (*pre, *dyn, *post, *excluded)
-        over_reasons = (*pre, *dyn, "budget-insufficient", *post, *excluded)
+        ok_reasons = (*pre, *dyn, *post, *excluded, *extra)
+        over_reasons = (*pre, *dyn, "budget-insufficient", *post, *excluded, *extra)
         return Candidate(lane, not ok_reasons, cost, ok_reasons), Candidate(lane, False, cost, over_reasons), cost
 
     def _local_reasons(self, sig: SignalSnapshot) -> tuple[str, ...]:

@@ -448,3 +448,101 @@ def test_premium_share_headroom_from_a_ledger(router: Router) -> None:
     assert d.status == "deferred"
     assert reasons_of(d, "high-end")[-1] == "high-end-share-exhausted"
     assert d.decision_id != router.decide(req, premium_remaining=(0.5, 0.1)).decision_id
+
+
+# ------------------------------------------------------------- Part D: the neighbours' inputs
+
+
+# Decision ids recorded before the neighbours' inputs existed: recorded runs are replayed
+# by comparing ids, so a request without findings, ceilings or a binding must keep them.
+PINNED_IDS = [
+    ({"task_class": "routine-code", "stage": "planning"}, "461d18008095b9976bd38396471be3a9"),
+    ({"task_class": "architecture-decision", "stage": "planning", "risk_class": "high",
+          "escalation_reason": "architecture-decision"}, "505ef68db95aef8b9035b9ff7af9d8ae"),
+    ({"task_class": "log-triage", "stage": "classification", "risk_class": "low", "requested_lane": "standard",
+          "budget_remaining": 0.01}, "58ad36528977e493e0f4835695262cf9"),
+    ({"task_class": "routine-code", "stage": "verification", "deterministic": True,
+          "excluded_lanes": (("standard", "escalated-from:standard"),)}, "ff801db1dfe24b9ea1afabcad9d9fa5e"),
+]
+
+
+@pytest.mark.parametrize(("kw", "pinned"), PINNED_IDS)
+def test_decision_ids_without_neighbour_inputs_are_unchanged(router: Router, kw: dict[str, Any],
+                                                             pinned: str) -> None:
+    from agentlanes.signals import SignalSnapshot
+
+    d = decide(router, **kw)
+    assert d.decision_id == "urn:agentlanes:route-decision:" + pinned
+    assert "neighbourInputs" not in d.to_native()
+    trusted = router.decide(RouteRequest.trusted(
+        signals=SignalSnapshot(healthy()), risk_class=kw.get("risk_class", "medium"),
+        requested_lane=kw.get("requested_lane"), escalation_reason=kw.get("escalation_reason"),
+        budget_window="task", budget_remaining=kw.get("budget_remaining", 2.0),
+        deterministic=kw.get("deterministic", False), excluded_lanes=kw.get("excluded_lanes", ()),
+        task_class=kw["task_class"], stage=kw["stage"]))
+    assert trusted.decision_id == d.decision_id
+
+
+def test_fail_closed_signal_decision_id_is_unchanged(router: Router) -> None:
+    d = decide(router, healthy(networkAvailable=None), task_class="routine-code", stage="planning")
+    assert d.decision_id == "urn:agentlanes:route-decision:724d5de3589eda4932e6596279a373f0"
+
+
+def test_neighbour_reasons_come_after_the_nine_rules_in_order(router: Router) -> None:
+    from agentlanes.binding import BindingDecision
+
+    deny = BindingDecision(target="deny", profile_ref=None, artifact_ref=None, reasons=("binding:no-route",),
+                           refused=(), task="x", route_id=None, binding_id=None, binding_digest=None,
+                           contract_digest=None, ledger_approved=False, egress_approval=None,
+                           now="2026-01-01T00:00:00Z")
+    ceiling = {"schema_version": "1.0", "policy_id": "p", "routing_consequence": {
+        "autonomy_ceiling": "advisory", "model_lane_ceiling": "cheap", "high_end_allowed": False,
+        "pro_allowed": True, "deterministic_verification_required": False, "fallback_posture": "x",
+        "must_preserve_warnings": ["w"]}}
+    d = decide(router, healthy(networkAvailable=False), task_class="routine-code", stage="execution",
+               findings={"findings": [], "metadata": {"requires_local_model": "true"}},
+               ceilings=[ceiling], binding=deny)
+    assert reasons_of(d, "high-end") == (
+        "stage-max-without-escalation:standard", "premium-lane-requires-escalation-reason", "network-unavailable",
+        "finding:requires-local-model", "ceiling:model-lane:cheap", "ceiling:high-end-not-allowed",
+        "binding:deny", "ceiling:autonomy:advisory")
+    assert reasons_of(d, "no-model")[-1] == "ceiling:autonomy:advisory"
+    assert (d.status, d.reason, d.reasons) == ("deferred", "ceiling:autonomy:advisory",
+                                               ("ceiling:autonomy:advisory",))
+    assert d.warnings == ("w",)
+
+
+def test_a_stage_deferred_by_a_ceiling_is_deferred_even_where_the_policy_denies() -> None:
+    pol = bundled_json("policy.json")
+    pol["enforcement"]["onViolation"] = "deny"
+    r = custom_router(policy=pol)
+    ceiling = {"schema_version": "1.0", "policy_id": "p", "routing_consequence": {
+        "autonomy_ceiling": "report_only", "model_lane_ceiling": "pro", "high_end_allowed": True,
+        "pro_allowed": True, "deterministic_verification_required": True, "fallback_posture": "x",
+        "must_preserve_warnings": []}}
+    d = decide(r, task_class="routine-code", stage="tool-use", deterministic=True, ceilings=[ceiling])
+    assert (d.status, d.reasons) == ("deferred", ("ceiling:autonomy:report_only",))
+    d = decide(r, healthy(networkAvailable=None), task_class="routine-code", stage="tool-use", ceilings=[ceiling])
+    assert (d.status, d.reasons) == ("denied", ("missing-signal:networkAvailable", "ceiling:autonomy:report_only"))
+
+
+def test_requested_lane_outside_candidate_order_gets_neighbour_reasons() -> None:
+    opt = bundled_json("optimizer.json")
+    opt["selectionPolicy"]["candidateOrder"] = ["no-model", "local-cheap", "cheap", "standard"]
+    r = custom_router(optimizer=opt)
+    d = decide(r, task_class="architecture-decision", stage="planning", risk_class="high",
+               escalation_reason="architecture-decision", requested_lane="high-end",
+               findings={"findings": [], "metadata": {"x.sensitivity": "restricted"}})
+    assert d.requested is not None and not d.requested.feasible
+    assert d.requested.reasons == ("finding:sensitivity-restricted",)
+
+
+def test_neighbour_inputs_share_plans_only_with_the_same_inputs(router: Router) -> None:
+    f1 = {"findings": [], "metadata": {"sensitivity": "public"}}
+    f2 = {"findings": [], "metadata": {"sensitivity": "restricted"}}
+    a = decide(router, task_class="routine-code", stage="planning", findings=f1)
+    b = decide(router, task_class="routine-code", stage="planning", findings=f2)
+    c = decide(router, task_class="routine-code", stage="planning", findings=f1, budget_remaining=0.01)
+    assert (a.lane, b.lane, c.lane) == ("standard", None, None)
+    assert reasons_of(c, "standard") == ("budget-insufficient",)
+    assert len({a.decision_id, b.decision_id, c.decision_id}) == 3
