@@ -1,10 +1,13 @@
 """Our OTLP/JSON encoder writes exactly what the official one writes.
 
-The official path is :func:`agentlanes.tracefile.encode_otlp_json` (the OTLP protobuf
-encoder, ``MessageToDict``, hex ids, ``json.dumps``). For generated spans covering every
-field the encoder reads, and for hand-picked edge cases, the two lines must be equal byte
-for byte, and both must parse with the official protobuf classes into the same message
-(which is also the message the official encoder built, NaN payloads aside).
+The official path is the one :func:`agentlanes.tracefile.encode_otlp_json` used before
+ours: the OTLP protobuf encoder, ``MessageToDict``, hex ids, ``json.dumps``. It is
+rebuilt here from the official pieces, so the comparison keeps its meaning when the
+trace writer switches to our encoder. For generated spans covering every field the
+encoder reads, and for hand-picked edge cases, the lines must be equal byte for byte
+(with ``encode_otlp_json`` too, whichever encoder it calls), and both must parse with the
+official protobuf classes into the same message, which is also the message the official
+encoder built (NaN payloads aside).
 """
 
 from __future__ import annotations
@@ -27,8 +30,22 @@ from opentelemetry.sdk.util import BoundedList
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 
-from agentlanes._otlp import encode_span_json, encode_spans_json
+from agentlanes._otlp import encode_span_json, encode_span_line, encode_spans_json
 from agentlanes.tracefile import encode_otlp_json
+
+
+def official_json(spans: list[ReadableSpan]) -> str:
+    """The official path: protobuf message, protobuf's JSON mapping, ids from base64 to hex."""
+    doc = json_format.MessageToDict(encode_spans(spans), use_integers_for_enums=True)
+    for rs in doc.get("resourceSpans", []):
+        for ss in rs["scopeSpans"]:
+            for one in ss["spans"]:
+                for holder in [one, *one.get("links", [])]:
+                    for key in ("traceId", "spanId", "parentSpanId"):
+                        if key in holder:
+                            holder[key] = base64.b64decode(holder[key]).hex()
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+
 
 # --- strategies -----------------------------------------------------------------------
 
@@ -164,12 +181,14 @@ def parsed(line: str) -> Any:
 
 
 def assert_same(spans: list[ReadableSpan]) -> str:
-    official = encode_otlp_json(spans)
+    official = official_json(spans)
     ours = encode_spans_json(spans)
     assert ours == official
+    assert encode_otlp_json(spans) == official
     if len(spans) == 1:
         assert encode_span_json(spans[0]) == official
         assert encode_span_json(spans[0]) == official  # again: through the header cache
+        assert encode_span_line(spans[0]) == (official + "\n").encode("utf-8")
     # Parse both: NaN != NaN, so compare the messages' deterministic wire bytes.
     ours_msg, official_msg = parsed(ours), parsed(official)
     assert ours_msg.SerializeToString(deterministic=True) == official_msg.SerializeToString(deterministic=True)
@@ -340,15 +359,17 @@ def test_a_dropped_attribute_is_logged(caplog: pytest.LogCaptureFixture) -> None
 
 def test_a_lone_surrogate_in_a_span_name_fails_as_the_official_encoder_does() -> None:
     with pytest.raises(UnicodeEncodeError):
-        encode_otlp_json([span(name="x\ud800")])
+        official_json([span(name="x\ud800")])
     with pytest.raises(UnicodeEncodeError):
         encode_span_json(span(name="x\ud800"))
+    with pytest.raises(UnicodeEncodeError):
+        encode_span_line(span(name="x\ud800"))
 
 
 def test_a_time_outside_uint64_fails_as_the_official_encoder_does() -> None:
     for bad in (-1, 2**64):
         with pytest.raises(ValueError, match="out of range"):
-            encode_otlp_json([span(start_time=bad)])
+            official_json([span(start_time=bad)])
         with pytest.raises(ValueError, match="out of range"):
             encode_span_json(span(start_time=bad))
 
