@@ -415,6 +415,17 @@ def _one(span: ReadableSpan, careful: bool) -> str:
 def _many(spans: Sequence[ReadableSpan], careful: bool) -> str:
     if not spans:
         return "{}"
+    resource, scope = spans[0].resource, spans[0].instrumentation_scope or None
+    if all(s.resource is resource and (s.instrumentation_scope or None) is scope for s in spans):
+        # One group (the usual case): no need to hash the resource, which the SDK does
+        # by dumping its attributes to JSON, and the header may be cached.
+        prefix, suffix = _header(resource, scope, careful)
+        out = [prefix]
+        for span in spans:
+            _span(out, span, careful)
+            out.append(",")
+        out[-1] = suffix
+        return "".join(out)
     # resource -> scope -> span texts; dict keys compare by equality, as encode_spans' do.
     groups: dict[Any, dict[Any, list[str]]] = {}
     last_resource: Any = groups  # a sentinel no span has as its resource or scope

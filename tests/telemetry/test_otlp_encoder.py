@@ -141,13 +141,14 @@ def bounded(items: list[Any], limit: int | None) -> Any:
 
 
 @st.composite
-def readable_spans(draw: Any) -> ReadableSpan:
+def readable_spans(draw: Any, shared: tuple[Any, Any] | None = None) -> ReadableSpan:
     limit = draw(st.none() | st.integers(0, 2))
+    resource, scope = shared if shared is not None else (draw(resources), draw(scopes))
     return ReadableSpan(
         name=draw(texts),
         context=draw(span_contexts),
         parent=draw(st.none() | span_contexts),
-        resource=draw(resources),
+        resource=resource,
         attributes=draw(attribute_maps(max_size=6)),
         events=bounded(draw(st.lists(events, max_size=2)), limit),
         links=bounded(draw(st.lists(links, max_size=2)), limit),
@@ -155,8 +156,16 @@ def readable_spans(draw: Any) -> ReadableSpan:
         status=draw(statuses),
         start_time=draw(times),
         end_time=draw(times),
-        instrumentation_scope=draw(scopes),
+        instrumentation_scope=scope,
     )
+
+
+@st.composite
+def span_lists(draw: Any) -> list[ReadableSpan]:
+    """Spans each with their own resource and scope objects, or all with the same two
+    (as a TracerProvider's spans are)."""
+    shared = draw(st.none() | st.tuples(resources, scopes))
+    return draw(st.lists(readable_spans(shared), max_size=3))
 
 
 # --- the comparison -------------------------------------------------------------------
@@ -198,7 +207,7 @@ def assert_same(spans: list[ReadableSpan]) -> str:
 
 
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(st.lists(readable_spans(), min_size=0, max_size=3))
+@given(span_lists())
 def test_generated_spans_encode_exactly_as_the_official_encoder(spans: list[ReadableSpan]) -> None:
     logging.disable(logging.CRITICAL)  # both encoders log each attribute they drop
     try:
@@ -338,6 +347,11 @@ EDGE_CASES: dict[str, list[ReadableSpan]] = {
         span(name="e", instrumentation_scope=None),
         span(name="f", resource=Resource({"service.name": "agentlanes-test", "host.cores": 2}, "https://s")),
         span(name="g"),
+    ],
+    "several spans, one resource and scope": [
+        span(name="a"),
+        span(name="b", parent=LOCAL_PARENT, attributes={"x": 1}),
+        span(name="c", status=Status(StatusCode.ERROR, "no")),
     ],
     "no spans": [],
 }
