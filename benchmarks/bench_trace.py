@@ -1,10 +1,11 @@
 """Encoding one span as a local-trace line: our OTLP/JSON encoder vs the official path.
 
 Prints figures, asserts nothing but that both encoders wrote the same bytes; baselines
-are measured in the same run, in CPU time (``time.process_time``), medians of rounds:
+are measured in the same run, in CPU time (``time.process_time``), medians of
+interleaved rounds:
 
-* official: ``agentlanes.tracefile.encode_otlp_json([span])`` (OTLP protobuf encoder,
-  ``MessageToDict``, hex ids, ``json.dumps``), the trace writer's encoder before ours.
+* official: the OTLP protobuf encoder, ``MessageToDict``, hex ids, ``json.dumps``: what
+  ``agentlanes.tracefile.encode_otlp_json`` did before our encoder (rebuilt here).
 * one OpenTelemetry SDK span: started and ended with 10 attributes on a real
   TracerProvider (a processor that drops it), the unit issue 11 counts overhead in.
 
@@ -18,6 +19,7 @@ Usage: python benchmarks/bench_trace.py [--quick]
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import statistics
 import sys
@@ -35,8 +37,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, Sp
 from opentelemetry.trace import SpanKind, Status, StatusCode  # noqa: E402
 
 from agentlanes import attributes as A  # noqa: E402
-from agentlanes._otlp import encode_span_json, encode_spans_json  # noqa: E402
-from agentlanes.tracefile import encode_otlp_json  # noqa: E402
+from agentlanes._otlp import encode_span_json, encode_span_line, encode_spans_json  # noqa: E402
 
 
 class Keep(SpanProcessor):
@@ -162,20 +163,32 @@ def agentlanes_spans() -> tuple[ReadableSpan, ReadableSpan]:
     return by_name["agentlanes.stage plan"], by_name["chat gpt-4.1-mini"]
 
 
-def per_call_us(fn: Callable[[], object], n: int, rounds: int) -> float:
-    """Median over rounds of the CPU time per call, in microseconds."""
-    for _ in range(max(1, n // 10)):
+def official_json(spans: list[ReadableSpan]) -> str:
+    """The official path, as ``agentlanes.tracefile.encode_otlp_json`` had it before our
+    encoder (rebuilt here so this stays a comparison once the writer uses ours)."""
+    from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    doc = MessageToDict(encode_spans(spans), use_integers_for_enums=True)
+    for rs in doc.get("resourceSpans", []):
+        for ss in rs["scopeSpans"]:
+            for one in ss["spans"]:
+                for holder in [one, *one.get("links", [])]:
+                    for key in ("traceId", "spanId", "parentSpanId"):
+                        if key in holder:
+                            holder[key] = base64.b64decode(holder[key]).hex()
+    return json.dumps(doc, separators=(",", ":"), ensure_ascii=False)
+
+
+def cpu_us(fn: Callable[[], object], n: int) -> float:
+    """CPU time per call over one round of ``n`` calls, in microseconds."""
+    t0 = time.process_time()
+    for _ in range(n):
         fn()
-    out = []
-    for _ in range(rounds):
-        t0 = time.process_time()
-        for _ in range(n):
-            fn()
-        out.append((time.process_time() - t0) / n * 1e6)
-    return statistics.median(out)
+    return (time.process_time() - t0) / n * 1e6
 
 
-def otel_span_us(n: int, rounds: int) -> float:
+def otel_span() -> tuple[Callable[[], object], TracerProvider]:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(Drop()))
     tracer = provider.get_tracer("bench")
@@ -184,49 +197,61 @@ def otel_span_us(n: int, rounds: int) -> float:
     def one() -> None:
         tracer.start_span("stage", attributes=attrs).end()
 
-    try:
-        return per_call_us(one, n, rounds)
-    finally:
-        provider.shutdown()
+    return one, provider
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    n, rounds = (300, 3) if args.quick else (2000, 7)
+    n, rounds = (300, 3) if args.quick else (2000, 9)
     stage, chat = agentlanes_spans()
     for spans in ([stage], [chat], [stage, chat]):
-        assert encode_spans_json(spans) == encode_otlp_json(spans), "the encoders disagree"
-    span_us = otel_span_us(n * 2, rounds)
-    print(f"python {sys.version.split()[0]}; CPU time per call, median of {rounds} rounds of {n}:")
-    print(f"  one OpenTelemetry SDK span, 10 attributes, start+end  {span_us:7.1f} us  (baseline)")
-    cases: list[tuple[str, Callable[[], object], Callable[[], object]]] = [
-        (
-            f"stage span (12 attrs, 2 events, {len(encode_span_json(stage))} B)",
-            lambda: encode_otlp_json([stage]),
-            lambda: encode_span_json(stage),
-        ),
-        (
-            f"chat span (15 attrs, {len(encode_span_json(chat))} B)",
-            lambda: encode_otlp_json([chat]),
-            lambda: encode_span_json(chat),
-        ),
-        (
-            "stage + chat in one line (2 spans)",
-            lambda: encode_otlp_json([stage, chat]),
-            lambda: encode_spans_json([stage, chat]),
-        ),
+        assert encode_spans_json(spans) == official_json(spans), "the encoders disagree"
+    span, provider = otel_span()
+    stage_b, chat_b = len(encode_span_json(stage).encode()), len(encode_span_json(chat).encode())
+    measured: dict[str, Callable[[], object]] = {
+        "span": span,
+        "stage official": lambda: official_json([stage]),
+        "stage ours": lambda: encode_span_json(stage),
+        "stage ours bytes": lambda: encode_span_line(stage),
+        "chat official": lambda: official_json([chat]),
+        "chat ours": lambda: encode_span_json(chat),
+        "both official": lambda: official_json([stage, chat]),
+        "both ours": lambda: encode_spans_json([stage, chat]),
+    }
+    for fn in measured.values():  # warm up
+        for _ in range(max(1, n // 10)):
+            fn()
+    # Rounds interleave every measurement, so a noisy machine's drift hits all alike.
+    samples: dict[str, list[float]] = {name: [] for name in measured}
+    for _ in range(rounds):
+        for name, fn in measured.items():
+            samples[name].append(cpu_us(fn, n))
+    provider.shutdown()
+    us = {name: statistics.median(values) for name, values in samples.items()}
+    span_us = us["span"]
+    print(f"python {sys.version.split()[0]}; CPU time per call, median of {rounds} interleaved rounds of {n}:")
+    print(f"  one OpenTelemetry SDK span, 10 attributes, start+end   {span_us:7.1f} us  (baseline)")
+    rows = [
+        (f"stage span (12 attributes, 2 events, {stage_b} B)", "stage"),
+        (f"chat span (15 attributes, {chat_b} B)", "chat"),
+        ("stage + chat spans in one line", "both"),
     ]
-    for label, official, ours in cases:
-        official_us = per_call_us(official, n, rounds)
-        ours_us = per_call_us(ours, n, rounds)
+    for label, key in rows:
+        official, ours = us[f"{key} official"], us[f"{key} ours"]
         print(f"  {label}")
-        print(f"    official encoder {official_us:7.1f} us = {official_us / span_us:5.2f} spans")
+        print(f"    official encoder                 {official:7.1f} us = {official / span_us:5.2f} spans")
         print(
-            f"    agentlanes._otlp {ours_us:7.1f} us = {ours_us / span_us:5.2f} spans, "
-            f"{official_us / ours_us:5.1f}x faster than the official encoder"
+            f"    agentlanes._otlp                 {ours:7.1f} us = {ours / span_us:5.2f} spans, "
+            f"{official / ours:5.1f}x faster than the official encoder"
         )
+        if f"{key} ours bytes" in us:
+            bytes_us = us[f"{key} ours bytes"]
+            print(
+                f"    agentlanes._otlp, UTF-8 line     {bytes_us:7.1f} us = {bytes_us / span_us:5.2f} spans "
+                "(encode_span_line: the str check and the file's encoding in one)"
+            )
 
 
 if __name__ == "__main__":
