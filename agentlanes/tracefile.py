@@ -21,7 +21,6 @@ output digest; the inputs marker is no longer a workflow span.
 
 from __future__ import annotations
 
-import base64
 import dataclasses
 import json
 import os
@@ -35,6 +34,7 @@ from typing import Any
 from opentelemetry.sdk.trace import ReadableSpan
 
 from agentlanes import attributes as A
+from agentlanes._otlp import encode_span_line, encode_spans_json
 from agentlanes.errors import ConfigurationError
 
 __all__ = [
@@ -59,7 +59,6 @@ MARKER = "agentlanes.run.inputs"
 """The span that records a run's inputs (local record only)."""
 MAX_TRACE_BYTES = int(os.environ.get("AGENTLANES_MAX_TRACE_BYTES", str(256 * 1024 * 1024)))
 """Traces larger than this are refused rather than read (``AGENTLANES_MAX_TRACE_BYTES``)."""
-_ID_KEYS = ("traceId", "spanId", "parentSpanId")
 _HEX = re.compile(r"[0-9a-f]+\Z")
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}\Z")
 """What a run id may look like (it names a file)."""
@@ -110,33 +109,12 @@ def find_trace(data_dir: Path, run_or_path: str | Path) -> Path:
 # ------------------------------------------------------------------------- writing
 
 
-def _hex(value: Any) -> Any:
-    return base64.b64decode(value).hex() if isinstance(value, str) else value
-
-
-def _hex_ids(message: dict[str, Any]) -> dict[str, Any]:
-    """OTLP/JSON writes trace and span ids as hex; protobuf's JSON mapping uses base64.
-    Only spans and their links carry ids, so only those are visited."""
-    for rs in message.get("resourceSpans", ()):
-        for ss in rs.get("scopeSpans", ()):
-            for span in ss.get("spans", ()):
-                for key in _ID_KEYS:
-                    if key in span:
-                        span[key] = _hex(span[key])
-                for link in span.get("links", ()):
-                    for key in ("traceId", "spanId"):
-                        if key in link:
-                            link[key] = _hex(link[key])
-    return message
-
-
 def encode_otlp_json(spans: Sequence[ReadableSpan]) -> str:
-    """One OTLP/JSON ``ExportTraceServiceRequest`` line for ``spans``."""
-    from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
-    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
-
-    message = MessageToDict(encode_spans(spans), use_integers_for_enums=True)
-    return json.dumps(_hex_ids(message), separators=(",", ":"), ensure_ascii=False)
+    """One OTLP/JSON ``ExportTraceServiceRequest`` line for ``spans``: byte for byte
+    what the official encoder (protobuf, then its JSON mapping, hex ids) writes, by an
+    encoder of our own that costs about what an OTel span does (see
+    :mod:`agentlanes._otlp` and ``tests/telemetry/test_otlp_encoder.py``)."""
+    return encode_spans_json(spans)
 
 
 class RunTraceFile:
@@ -147,19 +125,19 @@ class RunTraceFile:
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        self._fh = os.fdopen(fd, "a", encoding="utf-8")
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self.path = path
 
     def write(self, spans: Sequence[ReadableSpan]) -> None:
-        fh = self._fh
-        for span in spans:
-            fh.write(encode_otlp_json([span]))
-            fh.write("\n")
-        fh.flush()  # in the OS once the spans have ended: a kill -9 cannot lose them
+        # One write call per batch of spans (a stage's): in the OS once the spans have
+        # ended, so a kill -9 cannot lose them; a torn line can only be the last one.
+        data = b"".join(encode_span_line(span) for span in spans)
+        while data:
+            written = os.write(self._fd, data)
+            data = data[written:]
 
     def close(self) -> None:
-        self._fh.close()
+        os.close(self._fd)
 
 
 # ------------------------------------------------------------------------- reading
