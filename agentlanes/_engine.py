@@ -283,7 +283,7 @@ class RunEngine:
         if parent is not None:
             parent.children.append(record)
         self.run.records.append(record)
-        self.emit(StageStarted(self.run, record))
+        self.emit(StageStarted(self.run, record, parent))
         return record
 
     def find_parent(self, name: str) -> StageRecord | None:

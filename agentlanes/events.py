@@ -64,8 +64,11 @@ class InputsRecorded(NamedTuple):
 
 
 class StageStarted(NamedTuple):
+    """A stage (or a sub-stage of ``parent``) started."""
+
     run: RunState
     record: StageRecord
+    parent: StageRecord | None = None
 
 
 class Decided(NamedTuple):

@@ -36,6 +36,7 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
@@ -46,7 +47,16 @@ from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, Trace
 from agentlanes import attributes as A
 from agentlanes.content import ContentStore
 from agentlanes.errors import ConfigurationError
-from agentlanes.events import CallEnded, InputsRecorded, RunEnded, RunStarted, StageEnded, ToolEnded, Verified
+from agentlanes.events import (
+    CallEnded,
+    InputsRecorded,
+    RunEnded,
+    RunStarted,
+    StageEnded,
+    StageStarted,
+    ToolEnded,
+    Verified,
+)
 from agentlanes.result import CheckRecord, RunState, StageRecord
 from agentlanes.tracefile import MARKER, TRACE_SCHEMA_VERSION, RunTraceFile, read_trace, trace_path
 from agentlanes.verifiers import result_body
@@ -199,13 +209,21 @@ def request_json(decision: Any, premium: tuple[float, float] | None) -> str:
 
 
 class _SdkSink:
-    """Spans through a tracer (the application's provider); collects the ended spans."""
+    """Spans through a tracer (the application's provider); collects the ended spans.
+    Stage spans started live (see :class:`TraceProcessor`) are finished, not made anew."""
 
-    def __init__(self, tracer: Any) -> None:
+    def __init__(self, tracer: Any, live: dict[int, tuple[Any, Any]]) -> None:
         self.tracer = tracer
+        self.live = live
         self.ended: list[Any] = []
 
-    def start(self, name: str, kind: SpanKind, start: int, attrs: dict[str, Any], parent: Any) -> Any:
+    def start(
+        self, name: str, kind: SpanKind, start: int, attrs: dict[str, Any], parent: Any, record: Any = None
+    ) -> Any:
+        opened = self.live.pop(id(record), None) if record is not None else None
+        if opened is not None:
+            opened[0].set_attributes(attrs)
+            return opened[0]
         return self.tracer.start_span(
             name, context=trace.set_span_in_context(parent), kind=kind, start_time=start, attributes=attrs
         )
@@ -244,7 +262,9 @@ class _LocalSink:
         self.scope = scope
         self.ended: list[ReadableSpan] = []
 
-    def start(self, name: str, kind: SpanKind, start: int, attrs: dict[str, Any], parent: Any) -> _LocalSpan:
+    def start(
+        self, name: str, kind: SpanKind, start: int, attrs: dict[str, Any], parent: Any, record: Any = None
+    ) -> _LocalSpan:
         return _LocalSpan(name, kind, start, attrs, parent.get_span_context())
 
     def event(self, span: _LocalSpan, name: str, attrs: dict[str, Any], at: int | None = None) -> None:
@@ -317,10 +337,20 @@ class TraceProcessor:
         resource = (self.telemetry.resource if self.telemetry is not None else None) or Resource.create({})
         self._local = (resource, InstrumentationScope("agentlanes", None, _SCHEMA_URL))
         self._runs: dict[str, _Open] = {}
+        # Stage spans are started when their stage starts and made current while it
+        # runs, so spans others start inside it (a framework's, the application's)
+        # nest under it; their attributes and children are filled in when it ends.
+        self._live_spans: dict[int, tuple[Any, Any]] = {}
+        self._run_tokens: dict[str, Any] = {}
 
     def on_event(self, event: Any) -> None:
         kind = type(event)
-        if kind is StageEnded:
+        if kind is StageStarted:
+            self._live(event.run, event.record, event.parent)
+        elif kind is StageEnded:
+            opened = self._live_spans.get(id(event.record))
+            if opened is not None:
+                _detach(opened[1])
             if event.record.parent is None:
                 self._stage(event.run, event.record)
         elif kind is CallEnded:
@@ -344,6 +374,22 @@ class TraceProcessor:
         elif kind is RunEnded:
             self._end(event.run)
 
+    def _live(self, run: RunState, record: StageRecord, parent_record: StageRecord | None) -> None:
+        opened = self._runs.get(run.run_id)
+        if opened is None or opened.span is None or self.telemetry is None:
+            return
+        parent = opened.span
+        if parent_record is not None and id(parent_record) in self._live_spans:
+            parent = self._live_spans[id(parent_record)][0]
+        span = self.telemetry.tracer.start_span(
+            f"agentlanes.stage {record.name}",
+            context=trace.set_span_in_context(parent),
+            kind=SpanKind.INTERNAL,
+            start_time=record.started_ns,
+        )
+        token = otel_context.attach(trace.set_span_in_context(span))
+        self._live_spans[id(record)] = (span, token)
+
     # ------------------------------------------------------------------ runs
 
     def _start(self, run: RunState) -> None:
@@ -357,6 +403,8 @@ class TraceProcessor:
             )
             if isinstance(span, ReadableSpan):
                 local = span
+            token = otel_context.attach(trace.set_span_in_context(span))
+            self._run_tokens[run.run_id] = token
         if local is None:
             local = _RunSpan(SpanContext(random.getrandbits(128) or 1, random.getrandbits(64) or 1, False, _FLAGS))
         file = RunTraceFile(run.trace_path) if self.record and run.trace_path is not None else None
@@ -382,6 +430,9 @@ class TraceProcessor:
         opened = self._runs.pop(run.run_id, None)
         if opened is None:
             return
+        token = self._run_tokens.pop(run.run_id, None)
+        if token is not None:
+            _detach(token)
         attrs: dict[str, Any] = {
             A.RUN_STATUS: run.status,
             A.COST_ACTUAL: run.cost_micro / 1_000_000,
@@ -430,7 +481,7 @@ class TraceProcessor:
         if opened is None:
             return
         if opened.span is not None and self.telemetry is not None:
-            sdk = _SdkSink(self.telemetry.tracer)
+            sdk = _SdkSink(self.telemetry.tracer, self._live_spans)
             emit_stage(sdk, run, record, opened.span, self.capture)
             if opened.file is not None and opened.local is opened.span:
                 opened.file.write(sdk.ended)  # the very spans exported, same ids
@@ -439,6 +490,11 @@ class TraceProcessor:
             local = _LocalSink(*self._local)
             emit_stage(local, run, record, opened.local, False)
             opened.file.write(local.ended)
+
+
+def _detach(token: Any) -> None:
+    """Leave the context attached at a stage's (or run's) start."""
+    otel_context.detach(token)
 
 
 def emit_stage(sink: Any, run: RunState, record: StageRecord, parent: Any, capture: bool) -> None:
@@ -469,7 +525,7 @@ def emit_stage(sink: Any, run: RunState, record: StageRecord, parent: Any, captu
         attrs[A.OUTPUT_DIGEST] = record.output_digest
     if record.error:
         attrs[A.ERROR_TYPE] = record.error
-    span = sink.start(f"agentlanes.stage {record.name}", SpanKind.INTERNAL, record.started_ns, attrs, parent)
+    span = sink.start(f"agentlanes.stage {record.name}", SpanKind.INTERNAL, record.started_ns, attrs, parent, record)
     for decision, step, premium in zip(record.decisions, record.decision_steps, record.premium, strict=True):
         event: dict[str, Any] = {
             A.DECISION_ID: decision.decision_id,
