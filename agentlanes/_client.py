@@ -73,7 +73,7 @@ def lane_client(ctx: StageContext, **client_kwargs: Any) -> Any:
             try:
                 body = json.loads(await request.aread())
                 messages, settings, stream, include_usage = request_from_body(body)
-            except (ValueError, RecursionError) as exc:
+            except (WireError, ValueError, RecursionError) as exc:
                 message = str(exc) if isinstance(exc, WireError) else "the request body is not JSON"
                 return _error(400, "agentlanes_invalid_request", message)
             response_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
