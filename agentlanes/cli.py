@@ -504,6 +504,17 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         for item in loaded_all:
             by_role[_ROLE_OF[type(item.document)]].append(item)
     for path in files:
+        if str(path).endswith(".toml"):  # a models file: lanes bound to servers
+            try:
+                from agentlanes.config import load_models
+
+                bound = load_models(path)
+            except ConfigurationError as exc:
+                problems.append(str(exc))
+                continue
+            lanes_text = ", ".join(f"{lane} ({len(models)} model(s))" for lane, models in bound.items())
+            print(f"ok: {path} (models file: {lanes_text})")
+            continue
         try:
             item = load_document(path)
         except PolicyError as exc:
@@ -842,7 +853,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from agentlanes.demo import main as demo_main
 
-    argv = [*(["--task", args.task] if args.task else []), *(["--data-dir", args.data_dir] if args.data_dir else [])]
+    argv = [
+        *(["--task", args.task] if args.task else []),
+        *(["--data-dir", args.data_dir] if args.data_dir else []),
+        *(["--models", args.models] if args.models else []),
+    ]
     return demo_main(argv)
 
 
@@ -931,6 +946,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the demo chain offline (plan, patch, verify, escalate, receipt)")
     demo.add_argument("--task", help="task description passed to the planning stage")
     demo.add_argument("--data-dir", help="where the run is recorded (default: AGENTLANES_HOME or ./.agentlanes)")
+    demo.add_argument(
+        "--models", metavar="PATH", help="a models file (TOML) binding lanes to OpenAI-compatible servers"
+    )
     demo.set_defaults(func=_cmd_demo)
 
     receipts = sub.add_parser("receipts", help="export, verify or anchor the signed escalation receipts")
@@ -994,7 +1012,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--data-dir", help="data directory (default: AGENTLANES_HOME or ./.agentlanes)")
 
     validate = sub.add_parser("validate", help="validate routing documents")
-    validate.add_argument("files", nargs="*", help="documents to check (default: the bundled ones)")
+    validate.add_argument(
+        "files", nargs="*", help="documents to check (default: the bundled ones); a .toml file is a models file"
+    )
     validate.add_argument("--strict", action="store_true", help="treat warnings as errors")
     validate.set_defaults(func=_cmd_validate)
     return parser

@@ -132,8 +132,13 @@ def _cheap(messages: list[Message], settings: ModelSettings) -> str:
     )
 
 
-def demo_lanes(data_dir: Path, observer: Callable[[Any], None] | None = None) -> Lanes:
-    """Lanes for the demo: offline doubles standing in for the model lanes."""
+def demo_lanes(
+    data_dir: Path, observer: Callable[[Any], None] | None = None, *, models_file: str | Path | None = None
+) -> Lanes:
+    """Lanes for the demo: offline doubles standing in for the model lanes, or the
+    servers a models file names (see :mod:`agentlanes.config`)."""
+    if models_file is not None:
+        return Lanes.from_config(models_file, signals=DEMO_SIGNALS, data_dir=data_dir, observer=observer)
     models = {
         "cheap": FunctionModel(_cheap, name="offline-double:cheap", provider="offline"),
         "standard": FunctionModel(_standard, name="offline-double:standard", provider="offline"),
@@ -147,18 +152,10 @@ def demo_chain() -> Chain:
     return Chain.load(bundled_stages_dir() / "fix-failing-test.chain.json", ref="agentlanes.demo:demo_chain")
 
 
-async def run_demo(task: str, data_dir: Path, out: IO[str]) -> RunResult:
-    """Run the demo chain; progress and the summary go to ``out``."""
-    workspaces = data_dir / "workspaces"
-    workspaces.mkdir(parents=True, exist_ok=True)
-    workspace = workspaces / time.strftime("calc-%Y%m%d-%H%M%S")
-    n = 1
-    while workspace.exists():
-        n += 1
-        workspace = workspaces / f"{workspace.name.split('~')[0]}~{n}"
-    workspace.mkdir()
-    for name, text in PROJECT.items():
-        (workspace / name).write_text(text)
+async def run_demo(task: str, data_dir: Path, out: IO[str], models_file: str | Path | None = None) -> RunResult:
+    """Run the demo chain; progress and the summary go to ``out``. With ``models_file``
+    the lanes are the servers that file names (the models' answers then decide how the
+    run goes)."""
 
     def progress(record: Any) -> None:
         indent = "    " if record.parent else "  "
@@ -170,12 +167,26 @@ async def run_demo(task: str, data_dir: Path, out: IO[str]) -> RunResult:
         )
         out.flush()
 
-    out.write(
-        "agentlanes demo: offline; the models are bundled doubles standing in for the lanes "
-        "(cheap, standard, high-end). Routing, budgets, verification and receipts are real.\n"
-    )
+    lanes = demo_lanes(data_dir, observer=progress, models_file=models_file)  # a bad models file fails first
+    workspaces = data_dir / "workspaces"
+    workspaces.mkdir(parents=True, exist_ok=True)
+    workspace = workspaces / time.strftime("calc-%Y%m%d-%H%M%S")
+    n = 1
+    while workspace.exists():
+        n += 1
+        workspace = workspaces / f"{workspace.name.split('~')[0]}~{n}"
+    workspace.mkdir()
+    for name, text in PROJECT.items():
+        (workspace / name).write_text(text)
+    if models_file is None:
+        out.write(
+            "agentlanes demo: offline; the models are bundled doubles standing in for the lanes "
+            "(cheap, standard, high-end). Routing, budgets, verification and receipts are real.\n"
+        )
+    else:
+        bound = ", ".join(f"{lane}: {' > '.join(m.name for m in ms)}" for lane, ms in lanes.models.items())
+        out.write(f"agentlanes demo: the lanes are the servers {models_file} names ({bound}).\n")
     out.write(f"  task: {task}\n  workspace: {workspace}\n  data dir: {data_dir}\n\n")
-    lanes = demo_lanes(data_dir, observer=progress)
     try:
         result = await demo_chain().run(task, lanes=lanes, variables={"workspace": str(workspace)})
     finally:
@@ -208,7 +219,7 @@ def _summary(result: RunResult, out: IO[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None) -> int:
-    """``agentlanes demo [--task TEXT] [--data-dir DIR]``."""
+    """``agentlanes demo [--task TEXT] [--data-dir DIR] [--models PATH]``."""
     import argparse
     import os
 
@@ -217,12 +228,13 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None) -> in
     parser = argparse.ArgumentParser(prog="agentlanes demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default=DEFAULT_TASK, help="task description passed to the planning stage")
     parser.add_argument("--data-dir", help="where the run is recorded (default: AGENTLANES_HOME or ./.agentlanes)")
+    parser.add_argument("--models", metavar="PATH", help="a models file (TOML) binding lanes to servers")
     args = parser.parse_args(argv)
     out = out or sys.stdout
     data_dir = resolve_data_dir(args.data_dir).resolve()
     os.environ.setdefault("AGENTLANES_LOG_LEVEL", "warning")  # the demo prints its own progress
     try:
-        result = anyio.run(run_demo, args.task, data_dir, out)
+        result = anyio.run(run_demo, args.task, data_dir, out, args.models)
     except AgentLanesError as exc:
         print(f"agentlanes demo: {exc}", file=sys.stderr)
         return 1

@@ -41,7 +41,7 @@ from agentlanes.lanes import RANK
 from agentlanes.ledger import BudgetLedger
 from agentlanes.logs import LogProcessor
 from agentlanes.models.base import Message, Model, ModelResponse, ModelSettings, ResponseFormat, Tool
-from agentlanes.policy import PolicyBundle
+from agentlanes.policy import PolicyBundle, load_bundle
 from agentlanes.receipts import Receipt, ReceiptSigner
 from agentlanes.result import CallRecord, RunResult, RunState, StageRecord
 from agentlanes.router import Router
@@ -95,6 +95,9 @@ class Lanes:
     Args:
         models: lane → a model, or several in preference order. ``no-model`` takes none.
         bundle: routing documents (the bundled defaults when omitted); or pass ``router``.
+        policy / optimizer / catalog: any of the three documents (a path, a mapping or
+            a loaded document), the bundled defaults for the others: e.g. an optimizer
+            whose budget windows fit a tool loop on a premium lane.
         signals: a :class:`~agentlanes.sources.SignalSource` or a fixed mapping
             (default: :class:`~agentlanes.sources.LiveSignals`, which needs ``static=``
             values for what it cannot measure, or decisions fail closed).
@@ -131,6 +134,9 @@ class Lanes:
         models: Mapping[str, Model | Sequence[Model]] | None = None,
         *,
         bundle: PolicyBundle | None = None,
+        policy: str | Path | Mapping[str, Any] | None = None,
+        optimizer: str | Path | Mapping[str, Any] | None = None,
+        catalog: str | Path | Mapping[str, Any] | None = None,
         router: Router | None = None,
         signals: SignalSource | Mapping[str, Any] | None = None,
         store: Store | None = None,
@@ -153,6 +159,12 @@ class Lanes:
         effects: Effects | None = None,
         hasher: ContentHasher | None = None,
     ) -> None:
+        if policy is not None or optimizer is not None or catalog is not None:
+            if bundle is not None or router is not None:
+                raise ConfigurationError(
+                    "Pass the routing documents one way: bundle=, router=, or policy=/optimizer=/catalog=."
+                )
+            bundle = load_bundle(policy, optimizer, catalog)
         self.router = router if router is not None else Router(bundle)
         self.bundle = self.router.bundle
         self.observer = observer
@@ -207,6 +219,16 @@ class Lanes:
             signer=lambda: self.signer,
         )
         self.currency = self.bundle.optimizer.budget_policy.currency
+
+    @classmethod
+    def from_config(cls, path: str | Path, **kwargs: Any) -> Lanes:
+        """Lanes whose models are bound to endpoints by a models file (TOML; see
+        :mod:`agentlanes.config`); ``kwargs`` are the other :class:`Lanes` arguments."""
+        from agentlanes.config import load_models
+
+        if "models" in kwargs:
+            raise ConfigurationError("Lanes.from_config() binds the models from the file; do not pass models= too.")
+        return cls(load_models(path), **kwargs)
 
     @property
     def models(self) -> dict[str, tuple[Model, ...]]:

@@ -24,6 +24,7 @@ class ScriptedOpenAIServer:
     def __init__(self, models: list[str] | None = None) -> None:
         self.script: deque[dict[str, Any]] = deque()
         self.requests: list[dict[str, Any]] = []
+        self.headers: list[dict[str, str]] = []
         self.models = models or ["test-model"]
         self.lock = threading.Lock()
         server = self
@@ -55,6 +56,7 @@ class ScriptedOpenAIServer:
                 payload = json.loads(self.rfile.read(length) or b"{}")
                 with server.lock:
                     server.requests.append(payload)
+                    server.headers.append(dict(self.headers))
                     step = server.script.popleft() if server.script else {"reply": "ok"}
                 if step.get("delay"):
                     time.sleep(step["delay"])
