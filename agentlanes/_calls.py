@@ -22,6 +22,7 @@ Nothing here does I/O but through the effects.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -368,6 +369,15 @@ def _begin(
     call.streamed = streamed
     if config.capture_content:
         call.prompt_text = engine.messages_json(messages)
+        if settings.tools:
+            call.tool_definitions = json.dumps(
+                [
+                    {"type": "function", "name": t.name, "description": t.description, "parameters": dict(t.parameters)}
+                    for t in settings.tools
+                ],
+                ensure_ascii=False,
+                default=str,
+            )
     site.record.calls.append(call)
     call.step = run.next_step()
     call.started_ns = engine.effects.now_ns()

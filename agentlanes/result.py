@@ -67,6 +67,8 @@ class CallRecord:
     (see :func:`agentlanes.models.base.response_body`)."""
     tool_calls: int = 0
     """How many tool calls the reply asked for."""
+    tool_definitions: str | None = None
+    """Only kept when content capture is on: the tools offered, as ``gen_ai.tool.definitions``."""
 
 
 class ToolRecord(NamedTuple):

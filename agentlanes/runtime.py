@@ -27,6 +27,8 @@ from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
+import anyio
+import anyio.to_thread
 from pydantic import BaseModel
 
 from agentlanes._calls import Charge, LaneModels, LaneStream, RetryPolicy, call, charge_external, open_stream
@@ -47,7 +49,7 @@ from agentlanes.result import CallRecord, RunResult, RunState, StageRecord
 from agentlanes.router import Router
 from agentlanes.sources import LiveSignals, ProviderStats, SignalSource, StaticSignals
 from agentlanes.stores import Store, open_store
-from agentlanes.telemetry import Telemetry, TraceProcessor
+from agentlanes.telemetry import OTLPExport, Telemetry, TraceProcessor
 from agentlanes.tracefile import RUN_ID_RE, trace_path
 from agentlanes.verifiers import Verifier, VerifierResult
 
@@ -118,6 +120,9 @@ class Lanes:
         capture_content: record prompts and outputs as text in spans (default: the
             ``OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT`` variable, else off).
         otlp_endpoint: also export spans over OTLP/HTTP (``agentlanes[otlp]``).
+        otlp: the same with headers and a timeout (an :class:`~agentlanes.telemetry.OTLPExport`).
+        resource_attributes: the resource of agentlanes' own tracer provider (when the
+            application has none), e.g. ``{"service.name": "my-agent"}``.
         record: write each run's local record, ``<data-dir>/traces/<run-id>.otlp.jsonl``
             (independent of ``tracing``): what ``agentlanes show`` and ``replay`` read.
         record_content: keep prompt/output/verifier bodies in ``<data-dir>/content/``
@@ -152,6 +157,8 @@ class Lanes:
         tracer_provider: Any = None,
         capture_content: bool | None = None,
         otlp_endpoint: str | None = None,
+        otlp: OTLPExport | None = None,
+        resource_attributes: Mapping[str, Any] | None = None,
         record: bool = True,
         record_content: bool = True,
         processors: Sequence[RunProcessor] = (),
@@ -168,7 +175,7 @@ class Lanes:
         self.router = router if router is not None else Router(bundle)
         self.bundle = self.router.bundle
         self.observer = observer
-        self._tracing = (tracing, tracer_provider, capture_content, otlp_endpoint)
+        self._tracing = (tracing, tracer_provider, capture_content, otlp_endpoint, otlp, resource_attributes)
         self._telemetry: Telemetry | None = None
         self.record = record
         self.record_content = record_content
@@ -252,9 +259,14 @@ class Lanes:
     def telemetry(self) -> Telemetry:
         """Spans (created on first use)."""
         if self._telemetry is None:
-            enabled, provider, capture, endpoint = self._tracing
+            enabled, provider, capture, endpoint, otlp, resource = self._tracing
             self._telemetry = Telemetry(
-                enabled=enabled, tracer_provider=provider, capture_content=capture, otlp_endpoint=endpoint
+                enabled=enabled,
+                tracer_provider=provider,
+                capture_content=capture,
+                otlp_endpoint=endpoint,
+                otlp=otlp,
+                resource_attributes=resource,
             )
         return self._telemetry
 
@@ -360,7 +372,10 @@ class Lanes:
         return self._models.available(lane, self.effects.now_ns())
 
     async def aclose(self) -> None:
-        """Close the store, the effects and the models."""
+        """Close the store, the effects and the models, and send the spans still queued
+        for export (bounded by the export timeout)."""
+        if self._telemetry is not None and self._telemetry.exporter_processor is not None:
+            await anyio.to_thread.run_sync(self._telemetry.shutdown_export)
         for seq in self._models.bound.values():
             for m in seq:
                 await m.aclose()

@@ -33,7 +33,9 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -65,6 +67,7 @@ __all__ = [
     "TRACE_SCHEMA_VERSION",
     "ContentStore",
     "CountingExporter",
+    "OTLPExport",
     "Telemetry",
     "TraceProcessor",
     "read_trace",
@@ -78,14 +81,39 @@ _OK = Status(StatusCode.UNSET)
 _ERROR = Status(StatusCode.ERROR)
 
 
+def _error(what: bool | str) -> Status:
+    """An error status; its description names what failed (an error type, a status
+    code), never content."""
+    return Status(StatusCode.ERROR, what) if isinstance(what, str) and what else _ERROR
+
+
+@dataclass(frozen=True)
+class OTLPExport:
+    """Where spans are exported over OTLP/HTTP (``agentlanes[otlp]``).
+
+    Attributes:
+        endpoint: the collector's traces URL, e.g. ``http://127.0.0.1:4318/v1/traces``.
+        headers: sent with every export (an API key for a hosted backend...).
+        timeout: seconds an export may take, its retries included; a collector that
+            is down costs at most this per batch, and never stalls shutdown longer.
+    """
+
+    endpoint: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeout: float = 5.0
+
+
 class CountingExporter(SpanExporter):
     """Wraps an exporter and counts the spans it could not deliver (the local trace has
-    them regardless)."""
+    them regardless); a warning is logged as drops happen (at most every 30 seconds)."""
 
-    def __init__(self, inner: SpanExporter) -> None:
+    def __init__(self, inner: SpanExporter, *, report_every: float = 30.0) -> None:
         self.inner = inner
         self.exported = 0
         self.dropped = 0
+        self._report_every = report_every
+        self._reported_at = -report_every
+        self._reported = 0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
@@ -96,6 +124,17 @@ class CountingExporter(SpanExporter):
             self.exported += len(spans)
         else:
             self.dropped += len(spans)
+            now = time.monotonic()
+            if now - self._reported_at >= self._report_every:
+                from agentlanes.logs import get_logger
+
+                get_logger().warning(
+                    "telemetry.dropped_spans",
+                    dropped=self.dropped,
+                    since_last_report=self.dropped - self._reported,
+                    exported=self.exported,
+                )
+                self._reported_at, self._reported = now, self.dropped
         return result
 
     def shutdown(self) -> None:
@@ -124,6 +163,8 @@ class Telemetry:
         tracer_provider: Any = None,
         capture_content: bool | None = None,
         otlp_endpoint: str | None = None,
+        otlp: OTLPExport | None = None,
+        resource_attributes: Mapping[str, Any] | None = None,
     ) -> None:
         self.enabled = enabled
         if capture_content is None:
@@ -139,20 +180,38 @@ class Telemetry:
         provider = tracer_provider
         if provider is None:
             global_provider = trace.get_tracer_provider()
-            provider = global_provider if isinstance(global_provider, TracerProvider) else TracerProvider()
+            if isinstance(global_provider, TracerProvider):
+                provider = global_provider  # the application's: its resource stands
+            else:
+                provider = TracerProvider(resource=Resource.create(dict(resource_attributes or {})))
         self.provider = provider
         self.resource = getattr(provider, "resource", None)
-        if otlp_endpoint:
+        if otlp is None and otlp_endpoint:
+            otlp = OTLPExport(otlp_endpoint)
+        if otlp is not None:
             try:
                 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
             except ImportError:
                 raise ConfigurationError(
                     "Exporting spans over OTLP/HTTP needs the 'otlp' extra: pip install 'agentlanes[otlp]'."
                 ) from None
-            self.exporter = CountingExporter(OTLPSpanExporter(endpoint=otlp_endpoint))
-            self.exporter_processor = BatchSpanProcessor(self.exporter)
+            if not otlp.endpoint.startswith(("http://", "https://")) or not otlp.timeout > 0:
+                raise ConfigurationError(
+                    f"OTLP export to {otlp.endpoint!r} with timeout {otlp.timeout!r}: the endpoint must be an http(s) "
+                    "URL and the timeout a positive number of seconds."
+                )
+            exporter = OTLPSpanExporter(endpoint=otlp.endpoint, headers=dict(otlp.headers), timeout=otlp.timeout)
+            self.exporter = CountingExporter(exporter)
+            self.exporter_processor = BatchSpanProcessor(self.exporter, export_timeout_millis=otlp.timeout * 1000)
             provider.add_span_processor(self.exporter_processor)
         self.tracer = provider.get_tracer("agentlanes", schema_url=_SCHEMA_URL)
+
+    def shutdown_export(self) -> None:
+        """Send what is queued and stop exporting (bounded by the export timeout: a
+        collector that is down cannot stall it longer)."""
+        if self.exporter_processor is not None:
+            processor, self.exporter_processor = self.exporter_processor, None
+            processor.shutdown()  # type: ignore[no-untyped-call]  # the SDK leaves it unannotated
 
     def flush_export(self, timeout_millis: int = 10000) -> tuple[int, int]:
         """Push batched spans to the collector now; ``(exported, dropped)`` so far.
@@ -231,9 +290,9 @@ class _SdkSink:
     def event(self, span: Any, name: str, attrs: dict[str, Any], at: int | None = None) -> None:
         span.add_event(name, attrs, timestamp=at)
 
-    def end(self, span: Any, end: int, error: bool) -> None:
+    def end(self, span: Any, end: int, error: bool | str) -> None:
         if error:
-            span.set_status(_ERROR)
+            span.set_status(_error(error))
         span.end(end_time=end)
         self.ended.append(span)
 
@@ -270,7 +329,7 @@ class _LocalSink:
     def event(self, span: _LocalSpan, name: str, attrs: dict[str, Any], at: int | None = None) -> None:
         span.events.append(Event(name, attrs, timestamp=at if at is not None else span.start))
 
-    def end(self, span: _LocalSpan, end: int, error: bool) -> None:
+    def end(self, span: _LocalSpan, end: int, error: bool | str) -> None:
         self.ended.append(
             ReadableSpan(
                 name=span.name,
@@ -280,7 +339,7 @@ class _LocalSink:
                 attributes=span.attrs,
                 events=span.events,
                 kind=span.kind,
-                status=_ERROR if error else _OK,
+                status=_error(error) if error else _OK,
                 start_time=span.start,
                 end_time=end,
                 instrumentation_scope=self.scope,
@@ -449,7 +508,7 @@ class TraceProcessor:
             if opened.span is not None:
                 opened.span.set_attributes(attrs)
                 if failed:
-                    opened.span.set_status(_ERROR)
+                    opened.span.set_status(_error(run.error or run.status))
                 opened.span.end(end_time=run.ended_ns)
             if opened.file is not None:
                 if opened.local is opened.span:
@@ -464,7 +523,7 @@ class TraceProcessor:
                         resource=resource,
                         attributes={**base, **attrs},
                         kind=SpanKind.INTERNAL,
-                        status=_ERROR if failed else _OK,
+                        status=_error(run.error or run.status) if failed else _OK,
                         start_time=run.started_ns,
                         end_time=run.ended_ns,
                         instrumentation_scope=scope,
@@ -614,8 +673,11 @@ def emit_stage(sink: Any, run: RunState, record: StageRecord, parent: Any, captu
             call_attrs[A.ERROR_RETRYABLE] = call.retryable
             if call.status is not None:
                 call_attrs["http.response.status_code"] = call.status
+        if capture and call.tool_definitions is not None:
+            call_attrs[A.GEN_AI_TOOL_DEFINITIONS] = call.tool_definitions
         child = sink.start(f"chat {call.model}", SpanKind.CLIENT, call.started_ns, call_attrs, span)
-        sink.end(child, call.started_ns + int(call.duration * 1e9), not call.ok)
+        failure = "" if call.ok else (call.error or "error") + (f" (HTTP {call.status})" if call.status else "")
+        sink.end(child, call.started_ns + int(call.duration * 1e9), failure)
     for tool in record.tools:
         tool_attrs: dict[str, Any] = {
             A.GEN_AI_OPERATION_NAME: A.OP_EXECUTE_TOOL,
@@ -629,13 +691,13 @@ def emit_stage(sink: Any, run: RunState, record: StageRecord, parent: Any, captu
         if tool.error:
             tool_attrs[A.ERROR_TYPE] = tool.error
         child = sink.start(f"execute_tool {tool.name}", SpanKind.INTERNAL, tool.started_ns, tool_attrs, span)
-        sink.end(child, tool.ended_ns, not tool.ok)
+        sink.end(child, tool.ended_ns, "" if tool.ok else (tool.error or "error"))
     at = record.started_ns
     for check in record.checks:
         at = _emit_check(sink, check, span, at)
     for child_record in record.children:
         emit_stage(sink, run, child_record, span, capture)
-    sink.end(span, record.ended_ns, record.status != "succeeded")
+    sink.end(span, record.ended_ns, "" if record.status == "succeeded" else (record.error or record.status))
 
 
 def _emit_check(sink: Any, check: CheckRecord, parent: Any, at: int) -> int:
@@ -664,5 +726,5 @@ def _emit_check(sink: Any, check: CheckRecord, parent: Any, at: int) -> int:
     if result.exit_status is not None:
         event[A.VERIFIER_EXIT_STATUS] = result.exit_status
     sink.event(span, A.EVENT_EVALUATION_RESULT, event, end)
-    sink.end(span, end, not result.passed)
+    sink.end(span, end, "" if result.passed else f"{result.name} failed")
     return end
