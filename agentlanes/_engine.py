@@ -67,6 +67,8 @@ if TYPE_CHECKING:
 
 __all__ = ["EngineConfig", "RunEngine", "index_entry", "tool_name", "verifier_identity"]
 
+_CEILING_REVIEW = "routing-ceiling-human-review"
+
 T = TypeVar("T")
 ContextFactory = Callable[["RunEngine", StageRecord, RouteDecision, int, Sequence[VerifierResult], "int | None"], Any]
 
@@ -340,6 +342,8 @@ class RunEngine:
                 if not decision.admitted:
                     raise RouteDeferred(decision, run_id=run.run_id, stage=record.name)
                 assert decision.lane is not None
+                if decision.approval_required and record.key not in run.approved:
+                    await self._approve_stage(record, decision)
                 owed = esc.receipt_for(decision.lane, config.router.stage_default_lane(stage))
                 if owed is not None:
                     await self._receipt(record, decision, owed)
@@ -438,6 +442,14 @@ class RunEngine:
                     record.checks.append(check)
                     self.emit(Verified(run, record, check))
             else:
+                if any(getattr(c, "deterministic_required", False) for c in run.ceilings):
+                    # a routing ceiling demands deterministic verification: a model judge
+                    # is not one (CONTRACT D2); the router defers the stage and says why
+                    decision = await self.decide(
+                        record, "verification", deterministic=False, reason=None, excluded=(), requested_lane=None
+                    )
+                    if not decision.admitted:
+                        raise RouteDeferred(decision, run_id=run.run_id, stage=record.name)
                 # Model judgment only where no deterministic verifier can decide.
                 for judge in judges:
                     assert isinstance(judge, ModelVerifier)
@@ -548,6 +560,9 @@ class RunEngine:
             excluded_lanes=excluded,
             budget_window="task",
             budget_remaining=remaining,
+            findings=inputs.findings,
+            ceilings=inputs.ceilings,
+            binding=inputs.binding,
         )
         decision = self.config.router.decide(request, premium_remaining=inputs.premium)
         step = run.next_step()
@@ -557,45 +572,66 @@ class RunEngine:
         self.emit(Decided(run, record, decision, step))
         return decision
 
+    async def _ask(
+        self, record: StageRecord, decision: RouteDecision, from_lane: str | None, reason: str
+    ) -> tuple[str | None, str | None]:
+        """Ask for a human approval (a recorded step); ``(approver, justification digest)``.
+
+        Raises:
+            EscalationDenied: denied, or nobody to ask.
+        """
+        config, run = self.config, self.run
+        assert decision.lane is not None
+        request = ApprovalRequest(
+            run.run_id,
+            record.name,
+            run.task_class,
+            run.risk_class,
+            from_lane or "none",
+            decision.lane,
+            reason,
+            decision.decision_id,
+            decision.estimated_cost or 0.0,
+        )
+        approval = await self.effects.approve(run, record, request)
+        approved = approval is not None and approval.approved
+        who = None if approval is None else approval.approver
+        justification = (
+            None if approval is None else approval.justification_digest or config.hasher.digest(approval.justification)
+        )
+        step = run.next_step()
+        record.approvals.append(ApprovalRecord(approved, who, justification, step))
+        self.emit(ApprovalAnswered(run, record, approved, who, step))
+        if not approved:
+            what = (
+                f"Escalating stage {record.name!r} to {decision.lane} needs a human justification for task class "
+                f"{run.task_class!r}"
+                if reason != _CEILING_REVIEW
+                else f"Stage {record.name!r} needs a human approval: a routing ceiling requires human review of "
+                f"{decision.request.stage} stages"
+            )
+            raise EscalationDenied(
+                f"{what}, and "
+                + ("no approver is configured (Lanes(approver=...))." if approval is None else f"{who} denied it."),
+                decision=decision,
+                approver=who,
+                run_id=run.run_id,
+                stage=record.name,
+            )
+        return who, justification
+
+    async def _approve_stage(self, record: StageRecord, decision: RouteDecision) -> None:
+        """A routing ceiling (``human_review_required``) holds this stage to an approval."""
+        await self._ask(record, decision, decision.lane, _CEILING_REVIEW)
+        self.run.approved.add(record.key)
+
     async def _receipt(self, record: StageRecord, decision: RouteDecision, owed: PendingReceipt) -> None:
         config, run = self.config, self.run
         assert decision.lane is not None
         approver: str | None = None
         justification: str | None = None
         if config.human_justification.get(run.task_class, False):
-            request = ApprovalRequest(
-                run.run_id,
-                record.name,
-                run.task_class,
-                run.risk_class,
-                owed.from_lane or "none",
-                decision.lane,
-                owed.reason,
-                decision.decision_id,
-                decision.estimated_cost or 0.0,
-            )
-            approval = await self.effects.approve(run, record, request)
-            approved = approval is not None and approval.approved
-            who = None if approval is None else approval.approver
-            justification = (
-                None
-                if approval is None
-                else approval.justification_digest or config.hasher.digest(approval.justification)
-            )
-            step = run.next_step()
-            record.approvals.append(ApprovalRecord(approved, who, justification, step))
-            self.emit(ApprovalAnswered(run, record, approved, who, step))
-            if not approved:
-                raise EscalationDenied(
-                    f"Escalating stage {record.name!r} to {decision.lane} needs a human justification for task "
-                    f"class {run.task_class!r}, and "
-                    + ("no approver is configured (Lanes(approver=...))." if approval is None else f"{who} denied it."),
-                    decision=decision,
-                    approver=who,
-                    run_id=run.run_id,
-                    stage=record.name,
-                )
-            approver = who
+            approver, justification = await self._ask(record, decision, owed.from_lane, owed.reason)
         body = receipt_body(
             run_id=run.run_id,
             stage=record.name,
@@ -610,6 +646,8 @@ class RunEngine:
             justification_digest=justification if approver is not None else None,
             created_at="",
         )
+        if decision.warnings:
+            body["preservedWarnings"] = list(decision.warnings)  # routing ceilings' must-preserve warnings
         with anyio.CancelScope(shield=True):
             receipt = await self.effects.append_receipt(run, record, body)
         step = run.next_step()

@@ -412,10 +412,32 @@ def _evidence_input(path: str) -> Iterable[str]:
         raise ConfigurationError(f"{path} is not UTF-8 text.") from None
 
 
+def _task_map(items: Sequence[str] | None) -> dict[str, str] | None:
+    task_map: dict[str, str] = {}
+    for item in items or ():
+        name, sep, target = item.partition("=")
+        if not sep or not name or not target:
+            _err(f"--task-class-map {item!r} must be TASK=CLASS, e.g. data-cleanup=data_extraction.")
+            return None
+        task_map[name] = target
+    return task_map
+
+
 def _cmd_evidence(args: argparse.Namespace) -> int:
     from agentlanes import evidence as ev
 
     try:
+        if args.action == "export":
+            from agentlanes.history import find_trace, run_evidence
+
+            task_map = _task_map(args.task_class_map)
+            if task_map is None:
+                return 2
+            router = _Cache().router(args.policy, args.optimizer, args.price_catalog)
+            path = find_trace(_data_dir(args), args.run)
+            for line in run_evidence(path, router, args.format, task_classes=task_map):
+                sys.stdout.write(line + "\n")
+            return 0
         if args.action == "verify-journal":
             report = ev.verify_journal(_evidence_input(args.file))
             print(json.dumps(report.to_json(), indent=2, sort_keys=True))
@@ -439,13 +461,9 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
             print(f"{count - bad} of {count} receipt(s) valid")
             return 1 if bad else 0
         # convert
-        task_map: dict[str, str] = {}
-        for item in args.task_class_map or ():
-            name, sep, target = item.partition("=")
-            if not sep or not name or not target:
-                _err(f"--task-class-map {item!r} must be TASK=CLASS, e.g. data-cleanup=data_extraction.")
-                return 2
-            task_map[name] = target
+        task_map = _task_map(args.task_class_map)
+        if task_map is None:
+            return 2
         pol = _Cache().doc("policy", args.policy).document
         assert isinstance(pol, RoutingPolicy)
         tasks = {t.task_class: (t.default_lane, t.requires_human_justification) for t in pol.task_classes}
@@ -937,6 +955,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="agentplane task class for a task class outside agentlanes.mapping/1; repeatable",
     )
     conv.add_argument("--policy", help="routing policy the decisions were made under (default: bundled)")
+    export = esub.add_parser("export", help="a recorded run's evidence as JSON lines on standard output")
+    export.add_argument("run", metavar="RUN_OR_TRACE", help="a run id or its trace file")
+    export.add_argument(
+        "--format", required=True, choices=["agentplane-lane-receipts", "guardrail-decisions", "evidence-journal"]
+    )
+    export.add_argument("--data-dir", help="data directory (default: AGENTLANES_HOME or ./.agentlanes)")
+    export.add_argument(
+        "--task-class-map",
+        metavar="TASK=CLASS",
+        action="append",
+        help="agentplane task class for a task class outside agentlanes.mapping/1; repeatable",
+    )
+    export.add_argument("--policy", help="the routing policy the run used (default: bundled)")
+    export.add_argument("--optimizer", help="the optimizer the run used (default: bundled)")
+    export.add_argument("--price-catalog", help="the price catalog the run used (default: bundled)")
     chk = esub.add_parser("check-receipts", help="check ModelRoutingLaneDecisionReceipt documents (JSON lines)")
     chk.add_argument("file", help="JSON lines ('-' for stdin)")
     vj = esub.add_parser("verify-journal", help="verify an evidence journal's hash chain")

@@ -25,6 +25,7 @@ import anyio
 
 from agentlanes.approval import Approval, ApprovalRequest, Approver
 from agentlanes.budget import Refusal, Reservation
+from agentlanes.findings import Findings, parse_findings
 from agentlanes.models.base import Message, Model, ModelResponse, ModelSettings
 from agentlanes.receipts import Receipt, close_run
 from agentlanes.signals import SignalSnapshot
@@ -41,13 +42,20 @@ __all__ = ["Call", "Effects", "LiveEffects", "RouteInputs", "iso_time"]
 
 
 class RouteInputs(NamedTuple):
-    """What a decision needs from the world: the signals and the budget headroom."""
+    """What a decision needs from the world: the signals, the budget headroom, and the
+    neighbours' inputs (sandbox findings, routing ceilings, a personal binding)."""
 
     signals: SignalSnapshot
     remaining: float
     """What the task window (and every other window) has left, for the router."""
     premium: tuple[float, float] | None
     """What the high-end and pro shares have left, when a ledger says."""
+    findings: Any = None
+    """The findings that apply (a :class:`~agentlanes.findings.Findings`), if any."""
+    ceilings: tuple[Any, ...] = ()
+    """Routing ceilings (:class:`~agentlanes.ceiling.Ceiling`) in force."""
+    binding: Any = None
+    """A binding request or decision (:mod:`agentlanes.binding`), if any."""
 
 
 class Call(NamedTuple):
@@ -169,8 +177,10 @@ class LiveEffects(Effects):
         store: Callable[[], Store],
         approver: Approver | None,
         signer: Callable[[], ReceiptSigner],
+        findings_source: Callable[[], Any] | None = None,
     ) -> None:
         self._signals = signals
+        self._findings_source = findings_source
         self._ledger = ledger
         self._store = store
         self._approver = approver
@@ -193,7 +203,14 @@ class LiveEffects(Effects):
     async def route_inputs(self, run: RunState, record: StageRecord) -> RouteInputs:
         signals = await self._signals.snapshot()
         remaining, premium = await self._ledger().headroom(run.run_id, "task")
-        return RouteInputs(signals, remaining, premium)
+        findings = run.findings
+        if findings is None and self._findings_source is not None:
+            found = self._findings_source()
+            if isinstance(found, Awaitable):
+                found = await found
+            # a source that gives nothing fails the stage closed, as data
+            findings = parse_findings(found) if not isinstance(found, Findings) else found
+        return RouteInputs(signals, remaining, premium, findings, run.ceilings, run.binding)
 
     async def reserve(self, run: RunState, record: StageRecord, lane: str, amount: int) -> Reservation | Refusal:
         return await self._ledger().reserve(run.run_id, lane, amount)

@@ -105,8 +105,14 @@ class RouteDeferred(RunError):
 
     def __init__(self, decision: RouteDecision, *, run_id: str | None = None, stage: str | None = None) -> None:
         reasons = ", ".join(decision.reasons) or decision.reason
+        refused: list[str] = []
+        for candidate in decision.candidates:
+            for why in candidate.reasons:
+                if why not in refused:
+                    refused.append(why)
+        why_text = f"; the lanes were refused for: {', '.join(refused[:12])}" if refused else ""
         super().__init__(
-            f"Stage {decision.stage!r} was {decision.status} by the router ({reasons}); "
+            f"Stage {decision.stage!r} was {decision.status} by the router ({reasons}{why_text}); "
             "no lane may run it under the current policy and signals.",
             run_id=run_id,
             stage=stage if stage is not None else decision.stage,

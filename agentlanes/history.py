@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from agentlanes import attributes as A
-from agentlanes.decision import RouteRequest
+from agentlanes.decision import RouteRequest, neighbour_inputs_from_record
 from agentlanes.errors import ConfigurationError
 from agentlanes.router import Router
 from agentlanes.signals import SnapshotCache
@@ -349,6 +349,7 @@ def _recorded_request(req: Any, snapshots: SnapshotCache) -> RouteRequest:
         deterministic=req["deterministic"],
         excluded_lanes=tuple((str(x[0]), str(x[1])) for x in req["excludedLanes"]),
         signals=snapshots.get(req["signals"]),
+        **neighbour_inputs_from_record(req.get("neighbourInputs")),
     )
 
 
@@ -356,3 +357,66 @@ def _recorded_cost(attrs: dict[str, Any]) -> float | None:
     """The recorded decision's estimated cost (absent when it admitted no lane)."""
     value = attrs.get(A.COST_ESTIMATED)
     return float(value) if isinstance(value, (int, float)) else None
+
+
+def run_evidence(path: Path, router: Router, fmt: str, *, task_classes: dict[str, str] | None = None) -> Iterable[str]:
+    """A recorded run's evidence for neighbours (CONTRACT D4) as JSON lines: every
+    recorded decision is decided again from its recorded inputs (its id must come out
+    the same: the documents are the run's), with its stage's context (verifiers, the
+    escalation receipt naming it, the prompt digest, an approval) read from the record.
+
+    Raises:
+        ConfigurationError: the run was decided under other documents, or ``fmt`` or a
+            task class cannot be written (as :func:`agentlanes.evidence.evidence_lines`).
+        TraceError: the trace is not one agentlanes wrote.
+    """
+    from datetime import UTC, datetime
+
+    from agentlanes.evidence import StageEvidence, evidence_lines
+    from agentlanes.tracefile import load_record
+
+    record = load_record(path)
+    snapshots = SnapshotCache()
+    records = []
+    for stage in record.stages.values():
+        steps = stage.steps
+        for i, step in enumerate(steps):
+            if step.kind != "decision":
+                continue
+            req = step.data.get("request")
+            try:
+                request = _recorded_request(req, snapshots)
+                premium = req.get("premiumRemaining") if isinstance(req, dict) else None
+                premium_pair = (float(premium[0]), float(premium[1])) if premium else None
+            except (KeyError, TypeError, ValueError, IndexError, RecursionError) as exc:
+                raise TraceError(
+                    f"{path}: a recorded decision's inputs are not what agentlanes writes ({type(exc).__name__}).",
+                    path=path,
+                ) from None
+            decision = router.decide(request, premium_remaining=premium_pair)
+            if decision.decision_id != step.data.get("id"):
+                raise ConfigurationError(
+                    f"{path}: the decision of step {step.step} comes out differently under these documents; pass the "
+                    "policy, optimizer and price catalog the run used (--policy, --optimizer, --price-catalog)."
+                )
+            later = steps[i + 1 :]
+            receipt = next(
+                (s for s in later if s.kind == "escalation" and s.data.get("decision") == step.data.get("id")), None
+            )
+            call = next((s for s in later if s.kind == "call"), None)
+            approval = next((s for s in later if s.kind == "approval"), None)
+            verification = request.stage == "verification"
+            issued = datetime.fromtimestamp(int(step.data.get("time") or 0) / 1e9, UTC)
+            context = StageEvidence(
+                run_id=record.run_id,
+                issued_at=issued.isoformat().replace("+00:00", "Z"),
+                deterministic_verifiers=verification and request.deterministic,
+                model_judge=verification and not request.deterministic,
+                escalation_receipt_id=receipt.data.get("receipt") if receipt is not None else None,
+                escalation_receipt_digest=receipt.data.get("digest") if receipt is not None else None,
+                prompt_digest=call.data.get("prompt") if call is not None else None,
+                approval=None if approval is None else ("granted" if approval.data.get("approved") else "denied"),
+            )
+            records.append((step.step, decision, context))
+    records.sort(key=lambda r: r[0])
+    return evidence_lines(((d, c) for _, d, c in records), fmt, task_classes=task_classes)

@@ -46,7 +46,7 @@ from agentlanes import attributes as A
 from agentlanes.approval import Approval, ApprovalRequest
 from agentlanes.budget import Refusal, Reservation, to_micro
 from agentlanes.content import ContentError, ContentHasher, ContentStore
-from agentlanes.decision import RouteDecision
+from agentlanes.decision import RouteDecision, neighbour_inputs_from_record
 from agentlanes.effects import Call, Effects, RouteInputs
 from agentlanes.errors import ConfigurationError, ReplayDivergence, RunError
 from agentlanes.events import (
@@ -312,8 +312,23 @@ class ReplayEffects(Effects):
                 f"Replay step {step.step}: the decision's recorded inputs are not what agentlanes writes ({exc!r}).",
                 path=str(s.record.run_id),
             ) from None
+        try:
+            neighbours = neighbour_inputs_from_record(req.get("neighbourInputs"))
+        except (ValueError, TypeError, KeyError) as exc:
+            raise TraceError(
+                f"Replay step {step.index}: the decision's recorded neighbour inputs are not what agentlanes writes "
+                f"({type(exc).__name__}).",
+                path=str(s.record.run_id),
+            ) from None
         s.decisions[record.key] = step
-        return RouteInputs(snap if isinstance(snap, SignalSnapshot) else SignalSnapshot({}), remaining, premium_pair)
+        return RouteInputs(
+            snap if isinstance(snap, SignalSnapshot) else SignalSnapshot({}),
+            remaining,
+            premium_pair,
+            neighbours.get("findings"),
+            tuple(neighbours.get("ceilings", ())),
+            neighbours.get("binding"),
+        )
 
     async def reserve(self, run: RunState, record: StageRecord, lane: str, amount: int) -> Reservation | Refusal:
         s = self._s

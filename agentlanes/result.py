@@ -236,6 +236,15 @@ class RunState:
     documents: dict[str, str] | None = None
     """The routing documents' ids and digests (recorded, so a replay under other
     documents says so)."""
+    findings: Any = None
+    """Sandbox findings that apply to every stage of the run (``Lanes(findings_source=...)``
+    supplies them per stage otherwise)."""
+    ceilings: tuple[Any, ...] = ()
+    """Routing ceilings in force for the run."""
+    binding: Any = None
+    """A local + personal binding request for the run's decisions."""
+    approved: set[str] = field(default_factory=set)
+    """Keys of stages whose ceiling-required approval was given."""
 
     @property
     def cost_micro(self) -> int:

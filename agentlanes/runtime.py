@@ -34,11 +34,14 @@ from pydantic import BaseModel
 from agentlanes._calls import Charge, LaneModels, LaneStream, RetryPolicy, call, charge_external, open_stream
 from agentlanes._engine import EngineConfig, RunEngine, tool_name
 from agentlanes.approval import Approver
+from agentlanes.binding import BindingRequest
+from agentlanes.ceiling import Ceiling, load_ceiling, parse_ceiling
 from agentlanes.content import ContentHasher, ContentStore
 from agentlanes.decision import RouteDecision
 from agentlanes.effects import Effects, LiveEffects
 from agentlanes.errors import ConfigurationError
 from agentlanes.events import RunProcessor, StageEnded
+from agentlanes.findings import Findings, parse_findings
 from agentlanes.lanes import RANK
 from agentlanes.ledger import BudgetLedger
 from agentlanes.logs import LogProcessor
@@ -77,6 +80,22 @@ def resolve_data_dir(data_dir: str | Path | None = None) -> Path:
         return Path(data_dir)
     env = os.environ.get("AGENTLANES_HOME")
     return Path(env) if env else Path(".agentlanes")
+
+
+def _ceilings(docs: Sequence[Any]) -> tuple[Ceiling, ...]:
+    """Routing ceilings from paths, mappings or parsed ceilings (a malformed document is
+    kept as an invalid ceiling, which fails decisions closed)."""
+    if isinstance(docs, (str, Path, Mapping)):
+        docs = [docs]
+    out = []
+    for doc in docs:
+        if isinstance(doc, Ceiling):
+            out.append(doc)
+        elif isinstance(doc, (str, Path)):
+            out.append(load_ceiling(doc))
+        else:
+            out.append(parse_ceiling(doc))
+    return tuple(out)
 
 
 class _Observer:
@@ -127,6 +146,14 @@ class Lanes:
             (independent of ``tracing``): what ``agentlanes show`` and ``replay`` read.
         record_content: keep prompt/output/verifier bodies in ``<data-dir>/content/``
             (never exported) so runs can be replayed exactly.
+        findings_source: where each stage's sandbox findings come from (a function,
+            sync or async, returning the findings document; CONTRACT D1): hosted lanes
+            are removed for what the findings require (a source that returns nothing
+            fails the stage closed).
+        ceilings: routing-ceiling documents (paths, mappings or parsed ``Ceiling`` s)
+            in force for every run (CONTRACT D2).
+        binding: a local + personal binding request (``agentlanes.binding.BindingRequest``)
+            for every run's decisions (CONTRACT D3).
         processors: more run processors fed every run event (see :mod:`agentlanes.events`).
         log: write structlog events (see :mod:`agentlanes.logs`).
         effects: where effects go (default: :class:`~agentlanes.effects.LiveEffects`);
@@ -161,6 +188,9 @@ class Lanes:
         resource_attributes: Mapping[str, Any] | None = None,
         record: bool = True,
         record_content: bool = True,
+        findings_source: Callable[[], Any] | None = None,
+        ceilings: Sequence[Any] = (),
+        binding: BindingRequest | None = None,
         processors: Sequence[RunProcessor] = (),
         log: bool = True,
         effects: Effects | None = None,
@@ -218,12 +248,16 @@ class Lanes:
         self._log = log
         self._processors: tuple[RunProcessor, ...] | None = None
         self._config: EngineConfig | None = None
+        self.findings_source = findings_source
+        self.ceilings = _ceilings(ceilings)
+        self.binding = binding
         self.effects: Effects = effects or LiveEffects(
             signals=self.signals,
             ledger=lambda: self.ledger,
             store=lambda: self.store,
             approver=approver,
             signer=lambda: self.signer,
+            findings_source=findings_source,
         )
         self.currency = self.bundle.optimizer.budget_policy.currency
 
@@ -337,6 +371,9 @@ class Lanes:
         run_id: str | None = None,
         variables: Mapping[str, str] | None = None,
         chain: str | None = None,
+        findings: Any = None,
+        ceilings: Sequence[Any] = (),
+        binding: BindingRequest | None = None,
     ) -> Run:
         """A run of one task: ``async with lanes.run(...) as run:``.
 
@@ -351,13 +388,17 @@ class Lanes:
             variables: values for ``{name}`` placeholders in command verifiers.
             chain: a name for the chain being run, recorded with the run (never
                 imported back by replay; name the code there).
+            findings: sandbox findings for every stage of this run (instead of the
+                ``findings_source``): a findings document or a parsed ``Findings``.
+            ceilings: more routing ceilings, for this run (added to the Lanes' ones).
+            binding: a binding request for this run (instead of the Lanes' one).
         """
         if run_id is not None and not RUN_ID_RE.match(run_id):
             raise ConfigurationError(
                 f"Run id {run_id!r} may hold only letters, digits, '.', '_', ':' and '-' (at most 200), "
                 "as it names the run's trace file."
             )
-        return Run(
+        run = Run(
             self,
             task_class=task_class,
             risk_class=risk_class,
@@ -366,6 +407,12 @@ class Lanes:
             variables=variables,
             chain=chain,
         )
+        state = run._state
+        if findings is not None:
+            state.findings = findings if isinstance(findings, Findings) else parse_findings(findings)
+        state.ceilings = (*self.ceilings, *_ceilings(ceilings))
+        state.binding = binding if binding is not None else self.binding
+        return run
 
     def models_for(self, lane: str) -> tuple[Model, ...]:
         """The lane's models in preference order, skipping those cooling down."""

@@ -249,15 +249,19 @@ def request_json(decision: Any, premium: tuple[float, float] | None) -> str:
     """The decision's inputs as canonical JSON: what counterfactual and exact replay
     re-decide from (names, budget, exclusions, signals; never content)."""
     req = decision.request
+    body = {
+        **req.upstream_input(),
+        "deterministic": req.deterministic,
+        "excludedLanes": [list(x) for x in req.excluded_lanes],
+        "ledgerRemaining": decision.ledger_remaining,
+        "premiumRemaining": list(premium) if premium is not None else None,
+        "signals": dict(req.signals.raw),
+    }
+    neighbours = decision.neighbour_inputs()
+    if neighbours is not None:  # findings, ceilings, a binding: what replay decides with again
+        body["neighbourInputs"] = neighbours
     return json.dumps(
-        {
-            **req.upstream_input(),
-            "deterministic": req.deterministic,
-            "excludedLanes": [list(x) for x in req.excluded_lanes],
-            "ledgerRemaining": decision.ledger_remaining,
-            "premiumRemaining": list(premium) if premium is not None else None,
-            "signals": dict(req.signals.raw),
-        },
+        body,
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,

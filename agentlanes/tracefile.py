@@ -497,6 +497,7 @@ def _load_record(path: Path) -> RecordedRun:
                             "cost": _num(ea.get(A.COST_ESTIMATED)),
                             "rejected": ea.get(A.CANDIDATES_REJECTED) or [],
                             "request": request if isinstance(request, dict) else None,
+                            "time": e["time"],
                         },
                     )
                 elif e["name"] == A.EVENT_ESCALATION:

@@ -77,11 +77,15 @@ def test_the_engine_imports_no_telemetry_logging_storage_or_replay(module: str) 
         assert not _touches(names, banned), f"{module} imports {banned}"
 
 
+# The routing contract's inputs (signals, and the neighbours' findings, ceilings and
+# bindings) stand on the ground floor with the documents.
 GROUND = {"agentlanes.signals", "agentlanes.lanes", "agentlanes.errors", "agentlanes.decision", "agentlanes.policy",
-          "agentlanes._bundled"}
+          "agentlanes._bundled", "agentlanes._files", "agentlanes.findings", "agentlanes.ceiling",
+          "agentlanes.binding"}
 
 
-@pytest.mark.parametrize("module", ["agentlanes.router", "agentlanes.decision", "agentlanes.policy"])
+@pytest.mark.parametrize("module", ["agentlanes.router", "agentlanes.decision", "agentlanes.policy",
+                                    "agentlanes.findings", "agentlanes.ceiling", "agentlanes.binding"])
 def test_the_router_modules_stand_on_the_ground_floor(module: str) -> None:
     names = _ours(_imports(MODULES[module], runtime_only=False))
     assert names <= GROUND | {module}, f"{module} imports {sorted(names - GROUND)}"
