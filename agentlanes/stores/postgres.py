@@ -594,6 +594,13 @@ class PostgresStore(Store):
             )
         state = getattr(exc, "sqlstate", None)
         code = f"SQLSTATE {state}, " if state else ""
+        if state in ("42P05", "26000") and self.statement_cache_size:  # a prepared statement gone or doubled
+            return StoreError(
+                f"{where} lost its prepared statements ({code}{what}); {consequence}. Behind a pooler in "
+                "transaction mode (PgBouncer pool_mode = transaction) turn the statement cache off: "
+                "statement_cache_size=0 (or ?statement_cache_size=0 in the DSN, or "
+                "AGENTLANES_STORE_STATEMENT_CACHE_SIZE=0)."
+            )
         return StoreError(
             f"{where} refused the call ({code}{what}); {consequence}. Check the database's logs and that no "
             "older or newer agentlanes shares the schema."
