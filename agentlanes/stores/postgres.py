@@ -8,8 +8,9 @@
   Python and then written. Each reservation is one row.
 * **Settlement: the charge first, then the counters.** A settlement appends the charge
   to ``al_charges`` (keyed by the reservation id, so settling again charges nothing) and
-  commits it durably; only then, in a second transaction that does not wait for the WAL
-  flush, is it rolled into the windows' counters. The windows' rows are therefore never
+  commits it durably; only then, in a second transaction of the same call that does not
+  wait for the WAL flush, is it rolled into the windows' counters (``al_unapplied``
+  lists the charges not rolled up yet). The windows' rows are therefore never
   locked across a disk flush, and concurrent settlements share flushes. A charge whose
   roll-up was interrupted (a server crash, a cancelled call) is rolled up by the next
   sweep, which every store runs when it connects and then every 30 s.
@@ -26,9 +27,11 @@
   store works behind PgBouncer in session and transaction pooling; for transaction
   pooling turn asyncpg's statement cache off (``statement_cache_size=0``, or
   ``?statement_cache_size=0`` in the DSN).
-* **Backpressure, not failure.** Calls wait for one of the pool's connections for as long
-  as it takes (``acquire_timeout`` bounds the wait if you want); a wait never breaks the
-  pool. Only connections that are really broken are dropped, by asyncpg.
+* **Backpressure, not failure.** Calls wait, in order, for one of the store's
+  ``pool_size`` connections for as long as it takes (``acquire_timeout`` bounds the wait
+  if you want); a wait never touches the connections. Only a connection that failed is
+  dropped. The store keeps no session state, so a connection is reused as it is, with no
+  reset round trip.
 * **Fail closed.** When the database is unreachable or slow, every call raises
   :class:`~agentlanes.errors.StoreUnavailable` (other database errors
   :class:`~agentlanes.errors.StoreError`), saying what was admitted; no asyncpg
@@ -38,7 +41,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -250,13 +252,13 @@ DROP FUNCTION IF EXISTS @S@.al_unreserve(text);
 DROP FUNCTION IF EXISTS @S@.al_reap(double precision);
 DROP TABLE @S@.al_reservations;
 
--- Every settlement, keyed by its reservation: the durable record of the money.
+-- Every settlement, keyed by its reservation: the durable record of the money; and the
+-- ones not rolled up into the windows yet.
 CREATE TABLE @S@.al_charges (
     id text PRIMARY KEY, lane text NOT NULL, actual bigint NOT NULL,
     names text[] NOT NULL, keys text[] NOT NULL, caps bigint[] NOT NULL, highs bigint[] NOT NULL,
-    pros bigint[] NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    applied boolean NOT NULL DEFAULT false);
-CREATE INDEX al_charges_unapplied ON @S@.al_charges (at) WHERE NOT applied;
+    pros bigint[] NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp());
+CREATE TABLE @S@.al_unapplied (id text PRIMARY KEY);
 """
     + _ROOM
     + r"""
@@ -354,10 +356,11 @@ DECLARE
     h_lane text;
     h_amount bigint;
 BEGIN
-    UPDATE @S@.al_charges SET applied = true WHERE id = p_id AND NOT applied RETURNING * INTO c;
+    DELETE FROM @S@.al_unapplied WHERE id = p_id;
     IF NOT FOUND THEN
-        RETURN;
+        RETURN;  -- rolled up before (a concurrent sweep waits on the row lock, then finds it gone)
     END IF;
+    SELECT * INTO c FROM @S@.al_charges WHERE id = p_id;
     DELETE FROM @S@.al_holds WHERE id = p_id RETURNING lane, amount INTO h_lane, h_amount;
     IF FOUND THEN  -- else reclaimed after its lease: the money was spent all the same
         held := h_amount;
@@ -400,6 +403,9 @@ BEGIN
     INSERT INTO @S@.al_charges (id, lane, actual, names, keys, caps, highs, pros)
     VALUES (p_id, p_lane, p_actual, p_names, p_keys, p_caps, p_highs, p_pros)
     ON CONFLICT (id) DO NOTHING;
+    IF FOUND THEN
+        INSERT INTO @S@.al_unapplied (id) VALUES (p_id);
+    END IF;
     COMMIT;
     PERFORM set_config('synchronous_commit', 'off', true);
     PERFORM @S@.al_apply(p_id);
@@ -427,9 +433,9 @@ END $$;
 CREATE PROCEDURE @S@.al_sweep(p_age double precision) LANGUAGE plpgsql AS $$
 DECLARE r record;
 BEGIN
-    FOR r IN SELECT id FROM @S@.al_charges
-             WHERE NOT applied AND at < clock_timestamp() - make_interval(secs => p_age)
-             ORDER BY at LIMIT 1000 LOOP
+    FOR r IN SELECT u.id FROM @S@.al_unapplied u JOIN @S@.al_charges c USING (id)
+             WHERE c.at < clock_timestamp() - make_interval(secs => p_age)
+             ORDER BY c.at LIMIT 1000 LOOP
         PERFORM set_config('synchronous_commit', 'off', true);
         PERFORM @S@.al_apply(r.id);
         COMMIT;
@@ -438,19 +444,6 @@ END $$;
 """
 )
 MIGRATIONS.append((3, "one row per reservation, charges recorded before they are rolled up", _MIGRATION_3))
-
-
-async def _keep_session(conn: Any) -> None:
-    """Nothing to reset when a connection goes back to the pool: the store leaves no
-    session state (settings are transaction-local, advisory locks transaction-scoped),
-    and an open transaction is rolled back by asyncpg before this runs. asyncpg's
-    default reset is one more round trip per call."""
-
-
-# asyncpg >= 0.30 takes a custom reset; older versions always run their own.
-_KEEP_SESSION: Final[dict[str, Any]] = (
-    {"reset": _keep_session} if "reset" in inspect.signature(asyncpg.create_pool).parameters else {}
-)
 
 
 def _split_dsn(dsn: str) -> tuple[str, dict[str, str]]:
@@ -544,7 +537,8 @@ class PostgresStore(Store):
         self.acquire_timeout = acquire_timeout
         self._clock = clock
         self._pool_size = pool_size
-        self._pool: Any = None
+        self._idle: list[Any] = []  # open connections not in use, most recently used last
+        self._generation = 0  # bumped by aclose: connections of an older generation are closed
         self._ready = False
         self._ready_lock: anyio.Lock | None = None
         self._slots: anyio.Semaphore | None = None
@@ -606,31 +600,25 @@ class PostgresStore(Store):
             "older or newer agentlanes shares the schema."
         )
 
-    async def _open(self) -> Any:
-        """The pool, created (without connecting) and the schema migrated, once."""
+    async def _open(self) -> None:
+        """Migrate the schema, once (the first call of each store does it)."""
         if self._ready:
-            return self._pool
+            return
         if self._ready_lock is None:
             self._ready_lock = anyio.Lock()
-        async with self._ready_lock:  # concurrent first calls must not open two pools
-            if self._pool is None:
-                try:
-                    self._pool = await asyncpg.create_pool(
-                        self.dsn,
-                        min_size=0,
-                        max_size=self._pool_size,
-                        timeout=self.timeout,
-                        command_timeout=self.timeout,
-                        statement_cache_size=self.statement_cache_size,
-                        server_settings={"application_name": "agentlanes"},
-                        **_KEEP_SESSION,
-                    )
-                except Exception as exc:  # a malformed DSN, mostly: asyncpg's own errors
-                    raise self._failure("open", exc) from exc
+        async with self._ready_lock:  # concurrent first calls must not migrate twice
             if not self._ready:
                 await self._with_conn("open", self._migrate)
                 self._ready = True
-        return self._pool
+
+    async def _connect(self) -> Any:
+        return await asyncpg.connect(
+            self.dsn,
+            timeout=self.timeout,
+            command_timeout=self.timeout,
+            statement_cache_size=self.statement_cache_size,
+            server_settings={"application_name": "agentlanes"},
+        )
 
     async def _migrate(self, conn: Any) -> None:
         s = self._s
@@ -658,30 +646,26 @@ class PostgresStore(Store):
         self._next_sweep = time.monotonic() + _SWEEP_EVERY
 
     async def _with_conn(self, op: str, work: Callable[[Any], Awaitable[_T]]) -> _T:
-        """Run ``work`` on a pooled connection.
+        """Run ``work`` on one of the store's connections (at most ``pool_size``).
 
-        Waiting for a connection is backpressure (cancellable; bounded only by
-        ``acquire_timeout``). Once a connection is in hand the work is shielded from
-        cancellation, so a call the database committed is never lost to a cancelled
-        caller (each statement is still bounded by ``timeout``). A connection failure
+        Waiting for a connection is backpressure (cancellable, fair, bounded only by
+        ``acquire_timeout``); a wait never touches the connections. Once a connection is
+        in hand the work is shielded from cancellation, so a call the database committed
+        is never lost to a cancelled caller (each statement is still bounded by
+        ``timeout``). Only a connection that failed is dropped; a connection failure
         makes the calls of the next second fail at once instead of queueing behind
-        connection attempts.
+        connection attempts. The store keeps no session state on a connection, so one
+        goes back to the pool as it is (no reset round trip).
         """
         if self._slots is None:
             self._slots = anyio.Semaphore(self._pool_size)
         slots = self._slots
-        if self.acquire_timeout is None:
-            await slots.acquire()
-        else:
-            try:
-                with anyio.fail_after(self.acquire_timeout):
-                    await slots.acquire()
-            except TimeoutError:
-                raise StoreUnavailable(
-                    f"All {self._pool_size} connections to the PostgreSQL store at {self._where} stayed busy for "
-                    f"{self.acquire_timeout:g} s; {_CONSEQUENCE.get(op, 'nothing was written')}. Give PostgresStore "
-                    "a larger pool_size or acquire_timeout."
-                ) from None
+        try:
+            slots.acquire_nowait()  # the common case: no wait, no trip through the event loop
+        except anyio.WouldBlock:
+            await self._wait_for_slot(slots, op)
+        generation = self._generation
+        conn: Any = None
         try:
             if time.monotonic() < self._down_until:
                 raise StoreUnavailable(
@@ -689,26 +673,49 @@ class PostgresStore(Store):
                     f"{_CONSEQUENCE.get(op, 'nothing was written')}. Check the database, or the DSN in "
                     "AGENTLANES_STORE."
                 )
-            pool = self._pool
-            try:
-                conn = await pool.acquire()  # a free connection, or a new one (connect timeout)
-            except Exception as exc:
-                raise self._down(op, exc) from exc
-            try:
-                with anyio.CancelScope(shield=True):
-                    result = await work(conn)
-            except AgentLanesError:
-                raise
-            except Exception as exc:
-                if _is_connection_failure(exc):
+            idle = self._idle
+            while idle and conn is None:
+                conn = idle.pop()  # the most recently used: warm caches
+                if conn.is_closed():
+                    conn = None
+            if conn is None:
+                try:
+                    conn = await self._connect()
+                except Exception as exc:
                     raise self._down(op, exc) from exc
-                raise self._failure(op, exc) from exc  # a statement failed or timed out: the pool is fine
-            finally:
-                with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                    await pool.release(conn)  # a broken connection is dropped by asyncpg
+            with anyio.CancelScope(shield=True):
+                try:
+                    result = await work(conn)
+                except AgentLanesError:
+                    raise
+                except Exception as exc:
+                    if _is_connection_failure(exc) or isinstance(exc, TimeoutError):
+                        conn.terminate()  # broken, or left mid-statement: never reused
+                    if _is_connection_failure(exc):
+                        raise self._down(op, exc) from exc
+                    raise self._failure(op, exc) from exc  # a statement failed: the other connections are fine
         finally:
+            if conn is not None:
+                if generation != self._generation or conn.is_closed() or conn.is_in_transaction():
+                    conn.terminate()
+                else:
+                    self._idle.append(conn)
             slots.release()
         return result
+
+    async def _wait_for_slot(self, slots: anyio.Semaphore, op: str) -> None:
+        if self.acquire_timeout is None:
+            await slots.acquire()
+            return
+        try:
+            with anyio.fail_after(self.acquire_timeout):
+                await slots.acquire()
+        except TimeoutError:
+            raise StoreUnavailable(
+                f"All {self._pool_size} connections to the PostgreSQL store at {self._where} stayed busy for "
+                f"{self.acquire_timeout:g} s; {_CONSEQUENCE.get(op, 'nothing was written')}. Give PostgresStore "
+                "a larger pool_size or acquire_timeout."
+            ) from None
 
     def _down(self, op: str, exc: BaseException) -> StoreError:
         """The error for a connection that failed or could not be made; calls fail at
@@ -721,7 +728,8 @@ class PostgresStore(Store):
         return StoreUnavailable(str(error))
 
     async def _call(self, op: str, work: Callable[[Any], Awaitable[_T]]) -> _T:
-        await self._open()
+        if not self._ready:
+            await self._open()
         return await self._with_conn(op, work)
 
     async def _tx(self, op: str, work: Callable[[Any], Awaitable[_T]]) -> _T:
@@ -969,16 +977,18 @@ class PostgresStore(Store):
         return await self._tx("read", work)
 
     async def aclose(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            self._ready = False
-            self._ready_lock = None
-            self._slots = None
+        """Close the connections (those in use close when their call ends). The store
+        may be used again afterwards: it reconnects."""
+        self._generation += 1
+        idle, self._idle = self._idle, []
+        self._ready = False
+        self._ready_lock = None
+        for conn in idle:
             try:
                 with anyio.fail_after(self.timeout):
-                    await pool.close()
+                    await conn.close()
             except Exception:
-                pool.terminate()
+                conn.terminate()
 
 
 def _redact(dsn: str) -> str:
