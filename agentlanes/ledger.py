@@ -248,11 +248,11 @@ class BudgetLedger:
     # -------------------------------------------------------------- settlement and journal
 
     async def _settle(self, reservation: Reservation, actual: int) -> int:
-        await self._catch_up()
         try:
             await self.store.settle(reservation, actual)
         except Exception as exc:  # whatever failed, the money was spent: keep it
             raise await self._journal(reservation, actual, exc) from exc
+        await self._catch_up()  # the store answers: apply what waits in the journal
         return actual
 
     async def _journal(self, reservation: Reservation, actual: int, exc: Exception) -> AgentLanesError:
