@@ -235,7 +235,16 @@ class SQLiteStore(Store):
         return conn
 
     @staticmethod
-    def _transact(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T], *, write: bool = True) -> _T:
+    def _transact(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], _T], *, write: bool | None = True) -> _T:
+        """``fn`` in one transaction: ``BEGIN IMMEDIATE`` to write, ``BEGIN`` to read
+        several statements from one snapshot, none (``write=None``) for one statement."""
+        if write is None:
+            try:
+                return fn(db)
+            except sqlite3.OperationalError as exc:
+                if _is_busy(exc):
+                    raise _Busy from exc
+                raise
         try:
             db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
         except sqlite3.OperationalError as exc:
@@ -259,10 +268,10 @@ class SQLiteStore(Store):
             return True
         return self.durability == "settlements" and op in ("settle", "receipt")
 
-    async def _call(self, op: str, fn: Callable[[sqlite3.Connection], _T], *, write: bool = True) -> _T:
+    async def _call(self, op: str, fn: Callable[[sqlite3.Connection], _T], *, write: bool | None = True) -> _T:
         """Run ``fn`` in one transaction: on the event loop's thread when that needs no
         disk sync and the lock is free, else in a worker thread."""
-        syncs = write and self._syncs(op)
+        syncs = bool(write) and self._syncs(op)
         if not syncs:
             try:
                 result = self._transact(self._conn(0), fn, write=write)
@@ -429,9 +438,8 @@ class SQLiteStore(Store):
             if not first:
                 return actual  # settled before (a journaled charge applied again): nothing more
             deltas: dict[tuple[str, str], list[int]] = {}
-            hold = db.execute("SELECT lane, amount, windows FROM holds WHERE id = ?", (reservation.id,)).fetchone()
+            hold = _take_hold(db, reservation.id)
             if hold is not None:  # else reclaimed after its lease: the money was spent all the same
-                db.execute("DELETE FROM holds WHERE id = ?", (reservation.id,))
                 self._unhold(deltas, *hold)
             rows = self._rows(db, ((s.window, s.key) for s in reservation.windows))
             for spec in reservation.windows:
@@ -451,9 +459,8 @@ class SQLiteStore(Store):
 
     async def release(self, reservation: Reservation) -> None:
         def work(db: sqlite3.Connection) -> None:
-            hold = db.execute("SELECT lane, amount, windows FROM holds WHERE id = ?", (reservation.id,)).fetchone()
+            hold = _take_hold(db, reservation.id)
             if hold is not None:
-                db.execute("DELETE FROM holds WHERE id = ?", (reservation.id,))
                 deltas: dict[tuple[str, str], list[int]] = {}
                 self._unhold(deltas, *hold)
                 self._add(db, deltas)
@@ -462,20 +469,27 @@ class SQLiteStore(Store):
 
     async def window_states(self, windows: Sequence[WindowSpec]) -> list[WindowState]:
         specs = tuple(windows)
+        wanted = list(dict.fromkeys((s.window, s.key) for s in specs))
+        # One statement (one snapshot, no BEGIN/COMMIT): the windows, then the
+        # reservations past their lease, which no longer count, reclaimed or not.
+        sql = _select_windows(len(wanted)) + (
+            " UNION ALL SELECT NULL, lane, amount, windows, 0, 0, 0, 0, 0 FROM holds WHERE expires <= ?"
+        )
 
         def work(db: sqlite3.Connection) -> list[WindowState]:
-            rows = self._rows(db, ((s.window, s.key) for s in specs))
-            # reservations past their lease no longer count, reclaimed or not
-            expired = db.execute("SELECT lane, amount, windows FROM holds WHERE expires <= ?", (self._clock(),))
+            rows = {key: list(_ZERO) for key in wanted}
             deltas: dict[tuple[str, str], list[int]] = {}
-            for hold in expired:
-                self._unhold(deltas, *hold)
+            for window, key, *counters in db.execute(sql, [*(x for k in wanted for x in k), self._clock()]):
+                if window is None:  # an expired hold: (lane, amount, windows)
+                    self._unhold(deltas, key, counters[0], counters[1])
+                else:
+                    rows[(window, key)] = counters
             for key, d in deltas.items():
                 if key in rows:
                     rows[key] = [r + x for r, x in zip(rows[key], d, strict=True)]
             return [_state(spec, rows[(spec.window, spec.key)]) for spec in specs]
 
-        return await self._call("read", work, write=False)
+        return await self._call("read", work, write=None)
 
     # -------------------------------------------------------------- receipts and runs
 
@@ -551,6 +565,20 @@ class SQLiteStore(Store):
                 conn.close()
             self._conns.clear()
         self._local = threading.local()
+
+
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
+
+
+def _take_hold(db: sqlite3.Connection, rid: str) -> tuple[str, int, str] | None:
+    """Remove a reservation's row; its (lane, amount, windows), or ``None`` if it is gone."""
+    if _RETURNING:
+        rows = db.execute("DELETE FROM holds WHERE id = ? RETURNING lane, amount, windows", (rid,)).fetchall()
+        return rows[0] if rows else None
+    hold = db.execute("SELECT lane, amount, windows FROM holds WHERE id = ?", (rid,)).fetchone()
+    if hold is not None:
+        db.execute("DELETE FROM holds WHERE id = ?", (rid,))
+    return hold  # type: ignore[no-any-return]
 
 
 def _is_busy(exc: sqlite3.Error) -> bool:
