@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -48,7 +49,7 @@ from agentlanes.budget import (
     from_micro,
     to_micro,
 )
-from agentlanes.errors import AgentLanesError, ConfigurationError, UnsettledCharge
+from agentlanes.errors import AgentLanesError, ConfigurationError, StoreUnavailable, UnsettledCharge
 from agentlanes.policy import RoutingOptimizer
 from agentlanes.stores.base import with_unsettled
 
@@ -143,6 +144,8 @@ class BudgetLedger:
         self._journal_seen: int | None = None  # the journal directory's mtime when last read
         self._drain_lock: anyio.Lock | None = None
         self._store_identity = store.identity
+        # stores written before `unsettled` existed: admission then fails closed instead
+        self._store_counts_unsettled = "unsettled" in inspect.signature(store.reserve).parameters
         if self.journal_dir is not None:
             self._rescan()
 
@@ -204,6 +207,13 @@ class BudgetLedger:
         if self._pending:
             unsettled = self._unsettled_in(specs)
             if unsettled:
+                if not self._store_counts_unsettled:
+                    total = sum(c.actual for c in self._pending.values())
+                    raise StoreUnavailable(
+                        f"{len(self._pending)} journaled charge(s) ({from_micro(total)} {self.currency}) could not be "
+                        f"applied to the store yet, and {type(self.store).__name__}.reserve cannot count them "
+                        "(it takes no `unsettled` argument); nothing was admitted until they are applied."
+                    )
                 return await self.store.reserve(
                     specs, lane, amount, lease_seconds=self.lease_seconds, unsettled=unsettled
                 )

@@ -295,3 +295,29 @@ async def test_sqlite_full_disk_journals_the_charge_and_applies_it_once_there_is
     assert day.committed == (settled + 1) * 700  # every settlement, the journaled one once
     assert day.reserved == (len(held) - settled - 1) * 1_000
     await store.aclose()
+
+
+class OlderStore(FlakyStore):
+    """A store written before `unsettled` existed."""
+
+    async def reserve(  # type: ignore[override]
+        self, windows: Sequence[WindowSpec], lane: str, amount: int, *, lease_seconds: float
+    ) -> Reservation | Refusal:
+        return await self.inner.reserve(windows, lane, amount, lease_seconds=lease_seconds)
+
+
+async def test_a_store_that_cannot_count_journaled_charges_admits_nothing_until_they_are_applied(
+    tmp_path: Path,
+) -> None:
+    older = OlderStore(MemoryStore())
+    ledger = ledger_over(older, tmp_path / "journal")
+    res = await ledger.reserve("run-1", "standard", 1_000)
+    assert isinstance(res, Reservation)
+    older.down = True
+    with pytest.raises(UnsettledCharge):
+        await ledger.settle(res, 1_000)
+    with pytest.raises(StoreUnavailable, match=r"1 journaled charge\(s\) \(0\.001 USD\).*nothing was admitted"):
+        await ledger.reserve("run-1", "standard", 1_000)
+    older.down = False
+    assert isinstance(await ledger.reserve("run-1", "standard", 1_000), Reservation)
+    assert ledger.unsettled == ()
