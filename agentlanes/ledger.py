@@ -10,12 +10,13 @@ boundaries) and reserves, settles and releases money in all of them at once thro
 cannot record a settlement (the database unreachable, a connection cut, a full disk),
 the ledger writes the charge to its journal (``journal_dir``): one small JSON-lines
 file per charge, written to a temporary name, synced, and renamed into place, mode 0600
-in a 0700 directory. Each journaled charge is applied to the store at the start of the
-next ledger call that finds the store answering, by whichever process sharing the
-journal gets there first; store settlement is idempotent by reservation id, so a charge
-is applied exactly once even if a process dies while applying it. Until then the charge
-counts against the caps of the windows it belongs to (:meth:`BudgetLedger.headroom` and
-admission both subtract it), and the error raised (:class:`~agentlanes.errors.
+in a 0700 directory. Each journaled charge is applied to the store by the next ledger
+call that finds the store answering (before a headroom read, an admission or a release;
+after a settlement of its own), by whichever process sharing the journal gets there
+first; store settlement is idempotent by reservation id, so a charge is applied exactly
+once even if a process dies while applying it. Until then the charge counts against the
+caps of the windows it belongs to (:meth:`BudgetLedger.headroom` and admission both
+subtract it), and the error raised (:class:`~agentlanes.errors.
 UnsettledCharge`) says the call was admitted, what it cost and where it is journaled.
 """
 

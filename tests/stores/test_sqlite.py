@@ -155,6 +155,7 @@ SETTLER = textwrap.dedent("""
         store = SQLiteStore(path)
         spec = WindowSpec("task", "killed", 10**15, 0, 0)
         i = int(seed) * 1_000_000
+        print("ready", flush=True)
         while True:
             res = await store.reserve([spec], "standard", 1_000, lease_seconds=3600)
             actual = 500 + i % 400
@@ -178,7 +179,9 @@ def test_kill_9_loses_no_acknowledged_settlement(tmp_path: Path) -> None:
                              stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
             for j in range(2)  # two processes share the file, as workers do
         ]
-        time.sleep(rng.uniform(0.5, 1.2))
+        for p in procs:  # however slow the machine is to start them, kill them while they work
+            assert p.stdout is not None and p.stdout.readline().strip() == "ready"
+        time.sleep(rng.uniform(0.3, 0.9))
         for p in procs:
             p.send_signal(signal.SIGKILL)
         for p in procs:
