@@ -9,21 +9,27 @@ for ``high-end`` / ``pro``, while that lane's use stays within its share of the 
 
 Window instances are keyed by the run (``task``), the session (``session``), the UTC
 date (``day``), the ISO week (``week``) or the UTC month (``month``).
+
+Every amount a store holds fits a signed 64-bit integer (:data:`MAX_MICRO`, about 9.2
+trillion currency units); :func:`to_micro` refuses anything beyond it, and anything that
+is not a finite number, with a :class:`~agentlanes.errors.ConfigurationError`.
 """
 
 from __future__ import annotations
 
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, DecimalException
 from typing import NamedTuple
 
 from agentlanes.errors import ConfigurationError
 
 __all__ = [
+    "MAX_MICRO",
     "MICRO",
     "Refusal",
     "Reservation",
     "WindowSpec",
     "WindowState",
+    "check_micro",
     "from_micro",
     "to_micro",
 ]
@@ -31,17 +37,67 @@ __all__ = [
 MICRO = 1_000_000
 
 
+MAX_MICRO = 2**63 - 1
+"""The largest amount a store can hold, in micro-units (a signed 64-bit integer)."""
+
+_FLOAT_FAST_LIMIT = 1e9
+
+
 def to_micro(amount: float | Decimal | str | int) -> int:
-    """Exact micro-units of a money amount (half-even at the seventh decimal)."""
+    """Exact micro-units of a money amount (half-even at the seventh decimal).
+
+    Raises:
+        ConfigurationError: ``amount`` is not a finite number, or its magnitude is beyond
+            :data:`MAX_MICRO` micro-units.
+    """
     if isinstance(amount, float):
-        if amount != amount or amount in (float("inf"), float("-inf")):
-            raise ConfigurationError(f"Money amount {amount!r} is not a number.")
         # Fast path for what the router produces (costs rounded to 6 decimals): the
         # product is within 1e-9 of an integer, so rounding it is exact.
-        if abs(amount) < 1e9 and amount == round(amount, 6):
+        if -_FLOAT_FAST_LIMIT < amount < _FLOAT_FAST_LIMIT and amount == round(amount, 6):
             return round(amount * MICRO)
-    value = Decimal(str(amount)) * MICRO
-    return int(value.quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+        if amount != amount or amount in (float("inf"), float("-inf")):
+            raise ConfigurationError(f"Money amount {amount!r} is not a finite number.")
+    if isinstance(amount, bool) or not isinstance(amount, float | Decimal | str | int):
+        raise ConfigurationError(f"Money amount {amount!r} is not a number (give a float, int, Decimal or str).")
+    if isinstance(amount, int):
+        micros = amount * MICRO
+    else:
+        try:
+            value = Decimal(amount.strip() if isinstance(amount, str) else str(amount))
+            if not value.is_finite():
+                raise ConfigurationError(f"Money amount {amount!r} is not a finite number.")
+            if value and value.adjusted() > 12:  # 1e13 or more: beyond range (checked before any arithmetic)
+                raise ConfigurationError(_out_of_range(amount))
+            micros = int((value * MICRO).quantize(Decimal(1), rounding=ROUND_HALF_EVEN))
+        except DecimalException:
+            raise ConfigurationError(f"Money amount {amount!r} is not a number.") from None
+    if not -MAX_MICRO <= micros <= MAX_MICRO:
+        raise ConfigurationError(_out_of_range(amount))
+    return micros
+
+
+def _out_of_range(amount: object) -> str:
+    text = repr(amount)
+    if len(text) > 40:
+        text = text[:37] + "..."
+    return (
+        f"Money amount {text} is beyond what a budget can hold (at most {MAX_MICRO} micro-units, "
+        f"{Decimal(MAX_MICRO) / MICRO} currency units)."
+    )
+
+
+def check_micro(what: str, micros: object) -> int:
+    """``micros`` if it is an ``int`` in ``0..MAX_MICRO``; else a clear
+    :class:`~agentlanes.errors.ConfigurationError` naming ``what`` (e.g. "A settlement")."""
+    if isinstance(micros, bool) or not isinstance(micros, int):
+        raise ConfigurationError(f"{what} must be whole micro-units (an int), not {micros!r}.")
+    if micros < 0:
+        raise ConfigurationError(f"{what} cannot be negative (got {micros} micro-units).")
+    if micros > MAX_MICRO:
+        raise ConfigurationError(
+            f"{what} of {micros} micro-units is beyond what a store can hold (at most {MAX_MICRO})."
+        )
+    return micros
 
 
 def from_micro(micros: int) -> Decimal:
@@ -69,11 +125,16 @@ class WindowState(NamedTuple):
     """high-end committed plus reserved."""
     pro_used: int
     overrun: int
-    """Actual cost settled above what the cap could hold (see :meth:`BudgetLedger.settle`)."""
+    """Actual cost settled above what the cap could hold (see :meth:`BudgetLedger.settle`).
+
+    ``committed + overrun`` is everything settled in the window; the overrun counts
+    against the cap like committed spend (it was spent), so it shrinks :attr:`remaining`.
+    """
 
     @property
     def remaining(self) -> int:
-        return self.spec.cap - self.committed - self.reserved
+        """What can still be admitted: the cap less everything spent and reserved."""
+        return self.spec.cap - self.committed - self.overrun - self.reserved
 
     @property
     def high_end_remaining(self) -> int:

@@ -11,7 +11,11 @@
     │   ├── EscalationDenied    an escalation needed approval and did not get it
     │   ├── BudgetExhausted     the budget could not hold the call (.refusal)
     │   ├── ModelError          a model call failed after retries; __cause__ is the provider's
-    │   └── VerificationFailed  the stage's output never verified (.evidence)
+    │   ├── VerificationFailed  the stage's output never verified (.evidence)
+    │   └── StoreError          the budget store failed; the message says what was admitted
+    │       ├── StoreUnavailable   it did not answer in time (down, cut off, locked)
+    │       └── UnsettledCharge    a call was made but its cost is not in the store yet
+    │                              (.amount, .reservation_id, .journal)
     └── ReplayDivergence        a replay differs from its record (.index, .expected, .actual)
 
 Control-flow signals raised by stage code (:class:`RetryStage`, :class:`Escalate`) are
@@ -25,6 +29,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from agentlanes.budget import Refusal
     from agentlanes.decision import RouteDecision
     from agentlanes.verifiers import VerifierResult
@@ -42,6 +48,9 @@ __all__ = [
     "RouteDeferred",
     "RouteInputError",
     "RunError",
+    "StoreError",
+    "StoreUnavailable",
+    "UnsettledCharge",
     "VerificationFailed",
 ]
 
@@ -174,6 +183,50 @@ class VerificationFailed(RunError):
         super().__init__(message, run_id=run_id, stage=stage)
         self.evidence = evidence
         self.attempts = attempts
+
+
+class StoreError(RunError):
+    """The store that holds budgets, receipts and the run index failed.
+
+    The message says what happened (which store, what the database said) and what it
+    means for the money: whether anything was admitted, charged or left held.
+    ``__cause__`` is the database driver's error.
+    """
+
+
+class StoreUnavailable(StoreError):
+    """The store did not answer in time: the database is down or unreachable, the
+    connection was cut, or another process held the SQLite file's lock too long."""
+
+
+class UnsettledCharge(StoreError):
+    """A model call was admitted and made, but the store could not record its cost.
+
+    The charge is kept in the ledger's journal (when it has one) and applied to the
+    store, exactly once, as soon as the store answers again; until then it counts against
+    the caps of the windows it belongs to.
+
+    Attributes:
+        amount: what the call cost, in micro-units of the budget currency.
+        reservation_id: the reservation the charge settles.
+        journal: the journal file that holds the charge, or ``None`` when it could not be
+            written (then the charge is recorded nowhere but in this error).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        amount: int,
+        reservation_id: str,
+        journal: Path | None,
+        run_id: str | None = None,
+        stage: str | None = None,
+    ) -> None:
+        super().__init__(message, run_id=run_id, stage=stage)
+        self.amount = amount
+        self.reservation_id = reservation_id
+        self.journal = journal
 
 
 class ReplayDivergence(AgentLanesError):

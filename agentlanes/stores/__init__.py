@@ -18,16 +18,37 @@ __all__ = ["MemoryStore", "SQLiteStore", "Store", "StoredReceipt", "open_store"]
 def open_store(url: str | None, data_dir: Path) -> Store:
     """The store ``url`` names (``AGENTLANES_STORE`` when ``None``): ``postgresql://...``
     (``agentlanes[postgres]``; schema from ``AGENTLANES_STORE_SCHEMA``, default
-    ``agentlanes``), ``sqlite:///path``, ``memory:``; default SQLite in the data directory."""
+    ``agentlanes``; ``AGENTLANES_STORE_STATEMENT_CACHE_SIZE=0`` behind a
+    transaction-pooling PgBouncer), ``sqlite:///path``, ``memory:``; default SQLite in the
+    data directory (durability from ``AGENTLANES_STORE_DURABILITY``: ``process``, the
+    default, ``settlements`` or ``full``)."""
     url = url if url is not None else os.environ.get("AGENTLANES_STORE") or None
-    if url is None:
-        return SQLiteStore(data_dir / "agentlanes.db")
+    if url is None or url.startswith("sqlite:///"):
+        path = data_dir / "agentlanes.db" if url is None else Path(url[len("sqlite:///") - 1 :])
+        durability = os.environ.get("AGENTLANES_STORE_DURABILITY") or "process"
+        if durability not in ("process", "settlements", "full"):
+            raise ConfigurationError(
+                f"AGENTLANES_STORE_DURABILITY={durability!r} is not a durability level (process, settlements, full)."
+            )
+        return SQLiteStore(path, durability=durability)  # type: ignore[arg-type]  # checked just above
     if url.startswith(("postgresql://", "postgres://")):
-        from agentlanes.stores.postgres import PostgresStore
-
-        return PostgresStore(url, schema=os.environ.get("AGENTLANES_STORE_SCHEMA") or "agentlanes")
-    if url.startswith("sqlite:///"):
-        return SQLiteStore(Path(url[len("sqlite:///") - 1 :]))
+        try:
+            from agentlanes.stores.postgres import PostgresStore
+        except ImportError:
+            raise ConfigurationError(
+                "The store is PostgreSQL but asyncpg is not installed: pip install 'agentlanes[postgres]'."
+            ) from None
+        cache = os.environ.get("AGENTLANES_STORE_STATEMENT_CACHE_SIZE") or None
+        if cache is not None and not cache.isdigit():
+            raise ConfigurationError(
+                f"AGENTLANES_STORE_STATEMENT_CACHE_SIZE={cache!r} is not a whole number (0 behind a "
+                "transaction-pooling PgBouncer)."
+            )
+        return PostgresStore(
+            url,
+            schema=os.environ.get("AGENTLANES_STORE_SCHEMA") or "agentlanes",
+            statement_cache_size=int(cache) if cache is not None else None,
+        )
     if url == "memory:":
         return MemoryStore()
     raise ConfigurationError(

@@ -2,14 +2,45 @@
 
 from __future__ import annotations
 
+import os
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 from agentlanes.budget import Refusal, Reservation, WindowSpec, WindowState
 
-__all__ = ["Sealer", "Store", "StoredReceipt", "check_admission", "settle_amounts"]
+__all__ = [
+    "Sealer",
+    "Store",
+    "StoredReceipt",
+    "Unsettled",
+    "check_admission",
+    "new_reservation_id",
+    "settle_amounts",
+    "with_unsettled",
+]
+
+Unsettled: TypeAlias = Mapping[tuple[str, str], tuple[int, int, int]]
+"""Money spent but not in the store yet (journaled charges), per window ``(window, key)``:
+``(all lanes, high-end, pro)`` micro-units. It counts against the caps as committed spend."""
+
+
+def with_unsettled(state: WindowState, extra: tuple[int, int, int] | None) -> WindowState:
+    """``state`` with unsettled spend ``(all, high-end, pro)`` counted as committed."""
+    if extra is None:
+        return state
+    a, h, p = extra
+    return state._replace(
+        committed=state.committed + a, high_end_used=state.high_end_used + h, pro_used=state.pro_used + p
+    )
+
+
+def new_reservation_id() -> str:
+    """32 hex digits: the time in nanoseconds, then 64 random bits. Ids made later sort
+    later, so a store's index takes them at its end instead of at random places."""
+    return f"{time.time_ns():016x}{os.urandom(8).hex()}"
 
 
 @dataclass(frozen=True)
@@ -36,9 +67,11 @@ Sealer = Callable[[dict[str, Any]], tuple[str, str]]
 
 
 def check_admission(state: WindowState, lane: str, amount: int) -> Refusal | None:
-    """The admission rule shared by every store (run inside its atomic section)."""
+    """The admission rule shared by every store (run inside its atomic section): the
+    window must hold ``amount`` beside everything spent (committed and overrun) and
+    reserved, and a premium lane must stay within its share."""
     spec = state.spec
-    available = spec.cap - state.committed - state.reserved
+    available = state.remaining
     if amount > available:
         return Refusal(spec.window, spec.key, "cap", max(available, 0))
     if lane == "high-end":
@@ -53,10 +86,11 @@ def check_admission(state: WindowState, lane: str, amount: int) -> Refusal | Non
 
 
 def settle_amounts(state_without: WindowState, lane: str, actual: int) -> tuple[int, int]:
-    """(charged, overrun) for settling ``actual`` in a window whose state excludes the
-    reservation being settled: charge what the cap and premium share can hold."""
+    """(committed, overrun) for settling ``actual`` in a window whose state excludes the
+    reservation being settled: the part the cap and premium share can hold is committed,
+    the rest is overrun, so ``committed + overrun == actual`` in every window."""
     spec = state_without.spec
-    room = spec.cap - state_without.committed - state_without.reserved
+    room = state_without.remaining
     if lane == "high-end":
         room = min(room, spec.high_end_cap - state_without.high_end_used)
     elif lane == "pro":
@@ -68,6 +102,10 @@ def settle_amounts(state_without: WindowState, lane: str, actual: int) -> tuple[
 class Store(ABC):
     """Budgets, receipts and runs. Every method is atomic on its own.
 
+    Failures are :class:`~agentlanes.errors.StoreError` (or its subclass
+    :class:`~agentlanes.errors.StoreUnavailable`), whose message says what the failure
+    means for the money; no database driver's exception escapes a store.
+
     Attributes:
         cancel_safe: true when no method yields to the event loop, so a cancellation
             can never interrupt one halfway; the runtime then skips the shielded scopes
@@ -76,16 +114,40 @@ class Store(ABC):
 
     cancel_safe: bool = False
 
+    @property
+    def identity(self) -> str:
+        """Names the budget this store holds (its file or database and schema, never
+        credentials): a ledger's journal applies a charge only to the store it was made in."""
+        return f"{type(self).__name__}@{id(self):x}"
+
     @abstractmethod
     async def reserve(
-        self, windows: Sequence[WindowSpec], lane: str, amount: int, *, lease_seconds: float
+        self,
+        windows: Sequence[WindowSpec],
+        lane: str,
+        amount: int,
+        *,
+        lease_seconds: float,
+        unsettled: Unsettled | None = None,
     ) -> Reservation | Refusal:
-        """Admit ``amount`` in every window at once, or refuse without holding anything."""
+        """Admit ``amount`` in every window at once, or refuse without holding anything.
+
+        ``unsettled``: money already spent that the store does not hold yet (a ledger's
+        journaled charges), counted against each window's cap and shares. The ledger
+        passes it only when it has such charges for these windows.
+        """
 
     @abstractmethod
     async def settle(self, reservation: Reservation, actual: int) -> int:
-        """Replace the reservation with ``actual``; returns what was charged. Works even
-        after the lease expired and the reservation was reclaimed (the money was spent)."""
+        """Replace the reservation with ``actual``; returns ``actual``.
+
+        Every window's ``committed + overrun`` grows by exactly ``actual``: the part its
+        cap (and premium share) can hold is committed, the rest is recorded as overrun.
+        Works even after the lease expired and the reservation was reclaimed (the money
+        was spent). Idempotent by reservation id: settling the same reservation again
+        (a journaled charge applied after a settlement whose answer was lost) charges
+        nothing more.
+        """
 
     @abstractmethod
     async def release(self, reservation: Reservation) -> None:

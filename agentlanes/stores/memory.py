@@ -5,12 +5,21 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from agentlanes.budget import Refusal, Reservation, WindowSpec, WindowState
-from agentlanes.stores.base import Sealer, Store, StoredReceipt, check_admission, settle_amounts
+from agentlanes.budget import MAX_MICRO, Refusal, Reservation, WindowSpec, WindowState, check_micro
+from agentlanes.stores.base import (
+    Sealer,
+    Store,
+    StoredReceipt,
+    Unsettled,
+    check_admission,
+    new_reservation_id,
+    settle_amounts,
+    with_unsettled,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -26,16 +35,20 @@ class MemoryStore(Store):
 
     Args:
         clock: seconds since the epoch, for reservation leases (injectable for tests).
+        remember_settled: how many settled reservation ids are remembered, so that
+            settling one of them again charges nothing (the oldest are forgotten first).
     """
 
     cancel_safe = True
 
-    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, *, clock: Callable[[], float] = time.time, remember_settled: int = 65_536) -> None:
         self._lock = threading.Lock()
         self._expiry: list[tuple[float, str]] = []  # heap: reaping is O(log n), not a scan
         self._clock = clock
         self._windows: dict[tuple[str, str], list[int]] = {}
         self._reservations: dict[str, Reservation] = {}
+        self._settled: OrderedDict[str, None] = OrderedDict()
+        self._remember = remember_settled
         self._receipts: dict[str, list[StoredReceipt]] = {}
         self._runs: dict[str, dict[str, Any]] = {}
 
@@ -68,15 +81,25 @@ class MemoryStore(Store):
         return WindowState(spec, row[_C], row[_R], row[_HC] + row[_HR], row[_PC] + row[_PR], row[_O])
 
     async def reserve(
-        self, windows: Sequence[WindowSpec], lane: str, amount: int, *, lease_seconds: float
+        self,
+        windows: Sequence[WindowSpec],
+        lane: str,
+        amount: int,
+        *,
+        lease_seconds: float,
+        unsettled: Unsettled | None = None,
     ) -> Reservation | Refusal:
+        check_micro("A reservation", amount)
         with self._lock:
             self._reap()
             for spec in windows:
-                refusal = check_admission(self._state(spec), lane, amount)
+                state = self._state(spec)
+                if unsettled:
+                    state = with_unsettled(state, unsettled.get((spec.window, spec.key)))
+                refusal = check_admission(state, lane, amount)
                 if refusal is not None:
                     return refusal
-            res = Reservation(uuid.uuid4().hex, lane, amount, tuple(windows), self._clock() + lease_seconds)
+            res = Reservation(new_reservation_id(), lane, amount, tuple(windows), self._clock() + lease_seconds)
             self._reservations[res.id] = res
             heapq.heappush(self._expiry, (res.expires_at, res.id))
             for spec in windows:
@@ -89,21 +112,25 @@ class MemoryStore(Store):
             return res
 
     async def settle(self, reservation: Reservation, actual: int) -> int:
+        check_micro("A settlement", actual)
         with self._lock:
+            if reservation.id in self._settled:
+                return actual
+            self._settled[reservation.id] = None
+            if len(self._settled) > self._remember:
+                self._settled.popitem(last=False)
             if self._reservations.pop(reservation.id, None) is not None:
                 self._unreserve(reservation)
-            charged_total = actual
             for spec in reservation.windows:
                 charged, overrun = settle_amounts(self._state(spec), reservation.lane, actual)
                 row = self._row(spec)
                 row[_C] += charged
-                row[_O] += overrun
+                row[_O] = min(row[_O] + overrun, MAX_MICRO)  # as in every store: it must fit 64 bits
                 if reservation.lane == "high-end":
                     row[_HC] += charged
                 elif reservation.lane == "pro":
                     row[_PC] += charged
-                charged_total = min(charged_total, charged)
-            return charged_total
+            return actual
 
     async def release(self, reservation: Reservation) -> None:
         with self._lock:

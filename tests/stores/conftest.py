@@ -46,7 +46,7 @@ def pg_schema() -> str:
     return f"al_test_{uuid.uuid4().hex[:12]}"
 
 
-@pytest.fixture(params=["memory", "sqlite", "postgres"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite-full", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> AsyncIterator[Store]:
     schema = pg_schema()
     if request.param == "postgres":
@@ -55,6 +55,8 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
         make: Callable[[], Store] = lambda: PostgresStore(PG_DSN, schema=schema, clock=clock)  # noqa: E731
     elif request.param == "sqlite":
         make = lambda: SQLiteStore(tmp_path / "agentlanes.db", clock=clock)  # noqa: E731
+    elif request.param == "sqlite-full":  # every write synced, in a worker thread: the other code path
+        make = lambda: SQLiteStore(tmp_path / "agentlanes.db", clock=clock, durability="full")  # noqa: E731
     else:
         make = lambda: MemoryStore(clock=clock)  # noqa: E731
     s = make()

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 
 import anyio
+import pytest
 
 from agentlanes import load_bundle
 from agentlanes.budget import BudgetLedger, Refusal, Reservation, WindowSpec, from_micro, to_micro, window_key
@@ -64,10 +65,60 @@ async def test_settling_above_the_estimate_never_breaks_the_cap(store: Store) ->
     first = await store.reserve([W], "standard", 600_000, lease_seconds=60)
     second = await store.reserve([W], "standard", 300_000, lease_seconds=60)
     assert isinstance(first, Reservation) and isinstance(second, Reservation)
-    assert await store.settle(first, 800_000) == 700_000  # second still holds 300_000
+    # the real cost is returned; the part the cap cannot hold beside `second` is overrun
+    assert await store.settle(first, 800_000) == 800_000
     [state] = await store.window_states([W])
     assert (state.committed, state.reserved, state.overrun) == (700_000, 300_000, 100_000)
     assert state.committed + state.reserved <= W.cap
+    # the overrun was spent: once `second` is released, only what is really left is admitted
+    await store.release(second)
+    [state] = await store.window_states([W])
+    assert state.remaining == 200_000
+    assert isinstance(await store.reserve([W], "standard", 200_001, lease_seconds=60), Refusal)
+    assert isinstance(await store.reserve([W], "standard", 200_000, lease_seconds=60), Reservation)
+
+
+async def test_a_charge_over_the_cap_is_charged_in_full_in_every_window(store: Store) -> None:
+    task = WindowSpec("task", "run-1", cap=2_000_000, high_end_cap=0, pro_cap=0)
+    session = WindowSpec("session", "s", cap=20_000_000, high_end_cap=0, pro_cap=0)
+    day = WindowSpec("day", "2026-11-22", cap=100_000_000, high_end_cap=0, pro_cap=0)
+    res = await store.reserve([task, session, day], "standard", 1_000_000, lease_seconds=60)
+    assert isinstance(res, Reservation)
+    assert await store.settle(res, 500_000_000) == 500_000_000  # 500 USD, whatever the caps
+    states = await store.window_states([task, session, day])
+    assert [s.committed + s.overrun for s in states] == [500_000_000] * 3
+    assert [(s.committed, s.overrun) for s in states] == [
+        (2_000_000, 498_000_000),
+        (20_000_000, 480_000_000),
+        (100_000_000, 400_000_000),
+    ]
+    assert [s.remaining for s in states] == [-498_000_000, -480_000_000, -400_000_000]
+    assert all(s.reserved == 0 for s in states)
+
+
+async def test_settlement_is_idempotent_by_reservation_id(store: Store) -> None:
+    res = await store.reserve([W], "high-end", 200_000, lease_seconds=60)
+    assert isinstance(res, Reservation)
+    assert await store.settle(res, 150_000) == 150_000
+    assert await store.settle(res, 150_000) == 150_000  # a journaled charge applied again
+    await store.release(res)  # after settling: a no-op
+    [state] = await store.window_states([W])
+    assert (state.committed, state.reserved, state.overrun, state.high_end_used) == (150_000, 0, 0, 150_000)
+
+
+async def test_amounts_out_of_range_are_refused_clearly(store: Store) -> None:
+    from agentlanes.errors import ConfigurationError
+
+    res = await store.reserve([W], "standard", 1_000, lease_seconds=60)
+    assert isinstance(res, Reservation)
+    for bad in (-1, 2**63, 1.5):
+        with pytest.raises(ConfigurationError, match="settlement"):
+            await store.settle(res, bad)  # type: ignore[arg-type]
+        with pytest.raises(ConfigurationError, match="reservation"):
+            await store.reserve([W], "standard", bad, lease_seconds=60)  # type: ignore[arg-type]
+    assert await store.settle(res, 2**63 - 1) == 2**63 - 1  # the largest amount a store holds
+    [state] = await store.window_states([W])
+    assert state.committed + state.overrun == 2**63 - 1 and state.reserved == 0
 
 
 async def test_expired_reservations_are_reclaimed_and_late_settlement_still_charges(store: Store,
