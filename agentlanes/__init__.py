@@ -21,6 +21,9 @@ from agentlanes.errors import (
     RouteDeferred,
     RouteInputError,
     RunError,
+    StoreError,
+    StoreUnavailable,
+    UnsettledCharge,
     VerificationFailed,
 )
 from agentlanes.lanes import Lane
@@ -73,6 +76,9 @@ __all__ = [
     "SignalSnapshot",
     "StageContext",
     "StageRecord",
+    "StoreError",
+    "StoreUnavailable",
+    "UnsettledCharge",
     "Upgrade",
     "VerificationFailed",
     "load_bundle",

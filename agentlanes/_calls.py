@@ -34,8 +34,8 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop
 
 from agentlanes.budget import Refusal, Reservation, from_micro, to_micro
 from agentlanes.effects import Call
-from agentlanes.errors import BudgetExhausted, ConfigurationError, ModelError
-from agentlanes.events import BudgetRefused, CallEnded, ModelCooled, Rerouted
+from agentlanes.errors import BudgetExhausted, ConfigurationError, ModelError, UnsettledCharge
+from agentlanes.events import BudgetRefused, CallEnded, ChargeJournaled, ModelCooled, Rerouted
 from agentlanes.lanes import PREMIUM_LANES
 from agentlanes.models.base import (
     Message,
@@ -312,11 +312,18 @@ def valid_usage(usage: Any) -> bool:
 
 
 async def _reserve(
-    engine: RunEngine, site: Site, lane: str, messages: Sequence[Message], settings: ModelSettings
+    engine: RunEngine,
+    site: Site,
+    lane: str,
+    messages: Sequence[Message],
+    settings: ModelSettings,
+    est_in: int | None = None,
 ) -> tuple[Reservation, int]:
-    """Layer 4, budget: reserve the call's estimate, or refuse (a recorded step)."""
+    """Layer 4, budget: reserve the call's estimate (``est_in`` input tokens, else
+    estimated from the messages), or refuse (a recorded step)."""
     config, effects, run, record = engine.config, engine.effects, engine.run, site.record
-    est_in = estimate_input_tokens(messages, settings)
+    if est_in is None:
+        est_in = estimate_input_tokens(messages, settings)
     estimate = to_micro(config.router.call_cost(lane, input_tokens=est_in, output_tokens=settings.max_tokens))
     # A reservation made must be seen, to be released: shield it (unless the effects
     # cannot be interrupted halfway anyway).
@@ -406,7 +413,7 @@ async def _failed(
         if usage is not None and valid_usage(usage):
             call.usage = usage
             call.usage_estimated = used is not None and usage is used
-            call.charged = await effects.settle(reservation, _price(engine, call.lane, usage))
+            call.charged = await _settle(engine, site, call, reservation, usage)
         else:
             await effects.release(reservation)
     call.error = getattr(exc, "recorded_type", None) or type(exc).__name__
@@ -429,7 +436,7 @@ async def _succeeded(
     if not valid_usage(response.usage):
         # The call reached the model: charge what was reserved, never hold it.
         with anyio.CancelScope(shield=shield):
-            call.charged = await effects.settle(reservation, reservation.amount)
+            call.charged = await _settle(engine, site, call, reservation, None)
         call.error = "ModelError"
         engine.emit(CallEnded(run, site.record, call, prompt, None))
         raise ModelError(
@@ -440,7 +447,7 @@ async def _succeeded(
             stage=site.name,
         )
     with anyio.CancelScope(shield=shield):
-        call.charged = await effects.settle(reservation, _price(engine, call.lane, response.usage))
+        call.charged = await _settle(engine, site, call, reservation, response.usage)
     body, form = response_body(response)
     call.ok = True
     call.usage = response.usage
@@ -490,6 +497,32 @@ async def _attempt(
         raise
     await _succeeded(engine, site, call, reservation, response, prompt)
     return response
+
+
+async def _settle(
+    engine: RunEngine, site: Site, call: CallRecord, reservation: Reservation, usage: Usage | None
+) -> int:
+    """Charge a call that reached its model: the price of ``usage``, or the reserved
+    amount when there is no usage or its price is out of range. A charge the store
+    could not record but the ledger journaled is reported and the stage goes on (the
+    money is accounted for; the next reservation fails closed if the store stays down);
+    one recorded nowhere fails the stage."""
+    effects = engine.effects
+    amount = reservation.amount
+    if usage is not None:
+        try:
+            amount = _price(engine, call.lane, usage)
+        except ConfigurationError:
+            call.usage_estimated = True  # a price beyond range: the reserved amount stands in
+    try:
+        return await effects.settle(reservation, amount)
+    except UnsettledCharge as exc:
+        if exc.journal is None:
+            exc.run_id, exc.stage = engine.run.run_id, site.name
+            call.charged = exc.amount
+            raise
+        engine.emit(ChargeJournaled(engine.run, site.record, call, exc.amount, str(exc.journal), str(exc)))
+        return exc.amount
 
 
 def _price(engine: RunEngine, lane: str, usage: Usage) -> int:
@@ -725,8 +758,7 @@ async def charge_external(
     model = _External(model_name)
     estimate_usage = Usage(input_tokens, output_tokens)
     settings = ModelSettings(max_tokens=max(output_tokens, 1))
-    messages = [Message("user", "x" * (4 * input_tokens))] if input_tokens else []
-    reservation, estimate = await _reserve(engine, site, lane, messages, settings)
+    reservation, estimate = await _reserve(engine, site, lane, (), settings, input_tokens)
     call_record, prompt = _begin(engine, site, lane, model, [], settings, 1, estimate, streamed=False)
     try:
         await engine.effects.external(

@@ -30,6 +30,7 @@ __all__ = [
     "AttemptFailed",
     "BudgetRefused",
     "CallEnded",
+    "ChargeJournaled",
     "Decided",
     "Escalated",
     "Escalating",
@@ -100,6 +101,18 @@ class CallEnded(NamedTuple):
     call: CallRecord
     prompt_text: str
     output_text: str | None
+
+
+class ChargeJournaled(NamedTuple):
+    """A call's charge could not be recorded by the store; the ledger kept it in its
+    journal (``journal``, a file) and applies it when the store answers again."""
+
+    run: RunState
+    record: StageRecord
+    call: CallRecord
+    amount: int
+    journal: str
+    why: str
 
 
 class ModelCooled(NamedTuple):
@@ -201,6 +214,7 @@ RunEvent = (
     | Decided
     | BudgetRefused
     | CallEnded
+    | ChargeJournaled
     | ModelCooled
     | Rerouted
     | ToolEnded

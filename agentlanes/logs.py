@@ -22,6 +22,7 @@ from agentlanes.events import (
     AttemptFailed,
     BudgetRefused,
     CallEnded,
+    ChargeJournaled,
     Decided,
     Escalated,
     Escalating,
@@ -169,6 +170,15 @@ class LogProcessor:
                 why=event.refusal.reason,
                 available=event.refusal.available,
                 estimate=event.estimate,
+            )
+        elif kind is ChargeJournaled:
+            log.warning(
+                "budget.charge_journaled",
+                stage=event.record.name,
+                lane=event.call.lane,
+                charged=event.amount,
+                journal=event.journal,
+                why=event.why,
             )
         elif kind is ModelCooled:
             log.warning(

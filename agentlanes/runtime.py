@@ -286,7 +286,9 @@ class Lanes:
     @property
     def ledger(self) -> BudgetLedger:
         if self._ledger is None:
-            self._ledger = BudgetLedger(self.store, self.bundle.optimizer, session_id=self.session_id)
+            self._ledger = BudgetLedger(
+                self.store, self.bundle.optimizer, session_id=self.session_id, journal_dir=self.data_dir / "journal"
+            )
         return self._ledger
 
     @property
