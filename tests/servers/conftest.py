@@ -1,6 +1,6 @@
 """A running LiteLLM proxy for the whole session (see litellm_proxy.py).
 
-On a fresh machine the first run creates the proxy's virtualenv (about 1-2 minutes);
+On a fresh machine the first run creates the proxy's virtualenv (1-3 minutes);
 every run starts the proxy (10-35 s) and stops it at the end. Nothing here skips: when the
 virtualenv cannot be made or the proxy does not start, the tests that need it fail with
 the reason and the proxy's last log lines.

@@ -40,7 +40,7 @@ REQUIREMENT = "litellm[proxy]==1.108.7"
 CONSTRAINTS = Path(__file__).with_name("litellm-constraints.txt")
 VENV = Path(os.environ.get("AGENTLANES_LITELLM_VENV", ROOT / ".venv-litellm"))
 INSTALL_TIMEOUT = 900.0
-START_TIMEOUT = 180.0  # seen: 9-20 s on an idle 2-core machine, 35 s on a busy one
+START_TIMEOUT = 180.0  # seen: 9-20 s on an idle 2-core machine, 20-35 s on a busy one
 
 # Every model name is one behaviour. mock-* use only LiteLLM's built-in mock parameters;
 # scripted-* go through scripted_provider.py for what those cannot do.
@@ -238,7 +238,7 @@ def ensure_venv(venv: Path = VENV, *, announce: Any = None) -> tuple[Path, str]:
         if made and stamp.is_file() and stamp.read_text() == _stamp():
             return python, "reused"
         if announce is not None:
-            announce(f"installing {REQUIREMENT} into {venv} (first run only; about 1-2 minutes)")
+            announce(f"installing {REQUIREMENT} into {venv} (first run only; 1-3 minutes)")
         started = time.monotonic()
         shutil.rmtree(venv, ignore_errors=True)
         venv.parent.mkdir(parents=True, exist_ok=True)
