@@ -1,0 +1,1 @@
+"""Adapter tests against servers nobody here wrote (a LiteLLM proxy)."""
