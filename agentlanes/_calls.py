@@ -188,9 +188,10 @@ async def _on_lanes(
                         run_id=engine.run.run_id,
                         stage=site.name,
                     ) from None
+                last = f" The last error: {str(last_error)[:400]}" if last_error is not None else ""
                 raise ModelError(
                     f"Stage {site.name!r}: every model on lane {signal.lane} failed, and no feasible lane that "
-                    f"is not dearer remains (never a silent upgrade).",
+                    f"is not dearer remains (never a silent upgrade).{last}",
                     run_id=engine.run.run_id,
                     stage=site.name,
                 ) from last_error
@@ -490,10 +491,13 @@ async def _attempt(
                     prompt,
                 )
             )
+    except TimeoutError as exc:
+        # our own deadline: recorded as what it becomes, a retryable provider error
+        err = ProviderError(f"{model.provider}: no answer within {timeout:g}s", retryable=True)
+        await _failed(engine, site, call, reservation, err, prompt)
+        raise err from exc
     except BaseException as exc:
         await _failed(engine, site, call, reservation, exc, prompt)
-        if isinstance(exc, TimeoutError):
-            raise ProviderError(f"{model.provider}: no answer within {timeout:g}s", retryable=True) from exc
         raise
     await _succeeded(engine, site, call, reservation, response, prompt)
     return response
@@ -577,12 +581,15 @@ async def _open(
             first = await events.__anext__()
     except BaseException as exc:
         await _close(events)
+        cause = exc
         if isinstance(exc, StopAsyncIteration):
             exc = ProviderError(f"{model.provider}: the stream ended before any event", retryable=True)
+        elif isinstance(exc, TimeoutError):
+            exc = ProviderError(f"{model.provider}: no answer within {timeout:g}s", retryable=True)
         await _failed(engine, site, call, reservation, exc, prompt)
-        if isinstance(exc, TimeoutError):
-            raise ProviderError(f"{model.provider}: no answer within {timeout:g}s", retryable=True) from exc
-        raise exc from None
+        if exc is cause:
+            raise
+        raise exc from cause
     return _Opened(events, first, call, reservation, prompt, timeout, estimate_input_tokens(messages, settings))
 
 
@@ -758,7 +765,19 @@ async def charge_external(
     model = _External(model_name)
     estimate_usage = Usage(input_tokens, output_tokens)
     settings = ModelSettings(max_tokens=max(output_tokens, 1))
-    reservation, estimate = await _reserve(engine, site, lane, (), settings, input_tokens)
+    try:
+        reservation, estimate = await _reserve(engine, site, lane, (), settings, input_tokens)
+    except _Reroute:
+        # budget pressure would move a call agentlanes makes to a cheaper lane; this one
+        # is the caller's own, already made for this lane
+        refusal = site.record.refusals[-1]
+        raise BudgetExhausted(
+            f"Stage {site.name!r}: {_refusal_text(engine, refusal)} A call made outside agentlanes (ctx.charge) "
+            f"cannot move to a cheaper lane. {_budget_fix(refusal)}",
+            refusal=Refusal(refusal.window, engine.run.run_id, refusal.reason, refusal.available),
+            run_id=engine.run.run_id,
+            stage=site.name,
+        ) from None
     call_record, prompt = _begin(engine, site, lane, model, [], settings, 1, estimate, streamed=False)
     try:
         await engine.effects.external(

@@ -211,6 +211,11 @@ class Lanes:
         self.record_content = record_content
         self._content: ContentStore | None = None
         bound: dict[str, tuple[Model, ...]] = {}
+        if models is not None and not isinstance(models, Mapping):
+            raise ConfigurationError(
+                f"Lanes(models=...) takes a mapping of lane to model(s), not {type(models).__name__} "
+                f"({models!r:.80}); for example Lanes({{'cheap': model, 'standard': [primary, fallback]}})."
+            )
         for lane, given in (models or {}).items():
             if lane not in RANK:
                 raise ConfigurationError(f"Model binding for {lane!r}: not a lane (lanes: {', '.join(RANK)}).")
