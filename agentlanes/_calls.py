@@ -299,6 +299,16 @@ def _budget_fix(refusal: RefusalRecord) -> str:
     )
 
 
+_UNGUARDED = contextlib.nullcontext()
+
+
+def _guarded(effects: Any) -> contextlib.AbstractContextManager[Any]:
+    """A shielded scope for a budget operation that must not be cut halfway (a
+    reservation made must be seen, to be released; a charge must be recorded), unless
+    the effects' operations cannot be interrupted anyway (no awaits: nothing to pay)."""
+    return _UNGUARDED if effects.cancel_safe else anyio.CancelScope(shield=True)
+
+
 def valid_usage(usage: Any) -> bool:
     """Token counts a price can be computed from: non-negative integers in range."""
     if not isinstance(usage, Usage):
@@ -328,7 +338,7 @@ async def _reserve(
     estimate = to_micro(config.router.call_cost(lane, input_tokens=est_in, output_tokens=settings.max_tokens))
     # A reservation made must be seen, to be released: shield it (unless the effects
     # cannot be interrupted halfway anyway).
-    with anyio.CancelScope(shield=not effects.cancel_safe):
+    with _guarded(effects):
         held = await effects.reserve(run, record, lane, estimate)
     if isinstance(held, Refusal):
         refusal = RefusalRecord(lane, held.window, held.reason, held.available, estimate, run.next_step())
@@ -410,7 +420,7 @@ async def _failed(
     usage = getattr(exc, "usage", None)
     if not valid_usage(usage):
         usage = used
-    with anyio.CancelScope(shield=not effects.cancel_safe):
+    with _guarded(effects):
         if usage is not None and valid_usage(usage):
             call.usage = usage
             call.usage_estimated = used is not None and usage is used
@@ -433,10 +443,9 @@ async def _succeeded(
     """A call answered: settle its actual price, record it (the body for replay too)."""
     config, effects, run = engine.config, engine.effects, engine.run
     call.duration = (effects.now_ns() - call.started_ns) / 1e9
-    shield = not effects.cancel_safe
     if not valid_usage(response.usage):
         # The call reached the model: charge what was reserved, never hold it.
-        with anyio.CancelScope(shield=shield):
+        with _guarded(effects):
             call.charged = await _settle(engine, site, call, reservation, None)
         call.error = "ModelError"
         engine.emit(CallEnded(run, site.record, call, prompt, None))
@@ -447,7 +456,7 @@ async def _succeeded(
             run_id=run.run_id,
             stage=site.name,
         )
-    with anyio.CancelScope(shield=shield):
+    with _guarded(effects):
         call.charged = await _settle(engine, site, call, reservation, response.usage)
     body, form = response_body(response)
     call.ok = True

@@ -84,6 +84,10 @@ _prefixes: dict[str, str] = {}
 _str_prefixes: dict[str, str] = {}
 _int_prefixes: dict[str, str] = {}
 _float_prefixes: dict[str, str] = {}
+# (key, short string value) -> its whole ',{"key":...,"value":{"stringValue":...}}'
+_str_pairs: dict[tuple[str, str], str] = {}
+_SHORT = 48
+_PAIRS_LIMIT = 8192
 # (id(resource), id(scope)) -> (resource, scope, line prefix, line suffix)
 _headers: dict[tuple[int, int], tuple[Any, Any, str, str]] = {}
 
@@ -137,6 +141,9 @@ def _value(value: Any) -> str:
         raise _Unencodable(f"{value} is outside the int64 range")
     if kind is float:
         return '{"doubleValue":' + _double(value) + "}"
+    if kind is list or kind is tuple:  # exactly a Sequence: no ABC check needed
+        items = [_value(item) for item in value]
+        return '{"arrayValue":{"values":[' + ",".join(items) + "]}}" if items else '{"arrayValue":{}}'
     # The same order of tests as the OTLP encoder: bool, str, int, float, bytes, then
     # any Sequence (so a bytearray is a list of ints) and any Mapping.
     if value is None:
@@ -191,10 +198,23 @@ def _attributes(out: list[str], attributes: Any, careful: bool, opening: str) ->
             kind = type(value)
             # Everything that can raise comes before the first append.
             if kind is str:
-                prefix = _str_prefixes.get(key) or _typed_prefix(key, _str_prefixes, '{"stringValue":')
-                w(prefix)
-                w(_esc(value))
-                w("}}")
+                if len(value) <= _SHORT:
+                    # short values (lanes, stages, statuses, models) come back span after
+                    # span: their whole KeyValue is cached with the key
+                    pair = (key, value)
+                    text = _str_pairs.get(pair)
+                    if text is None:
+                        prefix = _str_prefixes.get(key) or _typed_prefix(key, _str_prefixes, '{"stringValue":')
+                        text = prefix + _esc(value) + "}}"
+                        if len(_str_pairs) >= _PAIRS_LIMIT:
+                            _str_pairs.clear()
+                        _str_pairs[pair] = text
+                    w(text)
+                else:
+                    prefix = _str_prefixes.get(key) or _typed_prefix(key, _str_prefixes, '{"stringValue":')
+                    w(prefix)
+                    w(_esc(value))
+                    w("}}")
             elif kind is int and _INT64_MIN <= value <= _INT64_MAX:
                 prefix = _int_prefixes.get(key) or _typed_prefix(key, _int_prefixes, '{"intValue":"')
                 w(prefix)

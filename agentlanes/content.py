@@ -16,6 +16,7 @@ uses agree on one key).
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import os
 import re
@@ -139,6 +140,8 @@ class ContentStore:
 
     def __init__(self, root: Path, *, create: bool = True) -> None:
         self.root = root
+        self._root = os.fspath(root)
+        self._known: set[str] = set()  # digests this process knows are stored (bodies repeat)
         if create:
             root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
@@ -150,14 +153,33 @@ class ContentStore:
         return self.root / digest[len("hmac-sha256:") :]
 
     def put(self, digest: str, text: str) -> None:
-        path = self.path(digest)
-        if path is None or path.exists():
+        """Store ``text`` as the body named ``digest`` (once: a body already stored, or
+        seen stored by this process, is not written again)."""
+        known = self._known
+        if digest in known:
             return
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
+        if not isinstance(digest, str) or not DIGEST_RE.match(digest):
+            return
+        name = digest[len("hmac-sha256:") :]
+        path = os.path.join(self._root, name)
+        if not os.path.exists(path):
+            tmp = os.path.join(self._root, f".{name}.{os.getpid()}.{threading.get_ident()}")
+            data = text.encode("utf-8")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                try:
+                    while data:
+                        data = data[os.write(fd, data) :]
+                finally:
+                    os.close(fd)
+                os.replace(tmp, path)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)  # a full disk leaves no half-written body behind
+                raise
+        if len(known) >= 65_536:
+            known.clear()
+        known.add(digest)
 
     def get(self, digest: str, *, limit: int = MAX_BODY_BYTES) -> str | None:
         """The body named ``digest``, or ``None`` when the store has none. Only regular

@@ -186,15 +186,24 @@ class BudgetLedger:
         """What the router may spend: the least remaining over all windows, and the
         premium lanes' remaining shares, as floats for the decision. Journaled charges
         not yet in the store count as spent."""
-        await self._catch_up()
+        await self._catch_up(scan=False)  # advisory; the reservation that follows scans
         states = await self.states(run_id)
         if not states:
             return 0.0, (0.0, 0.0)
         if self._pending:
             states = self._with_unsettled(states)
-        remaining = min(s.remaining for s in states)
-        high = min(s.high_end_remaining for s in states)
-        pro = min(s.pro_remaining for s in states)
+        remaining = high = pro = MAX_MICRO
+        for state in states:  # one pass: this runs before every decision
+            spec = state.spec
+            left = spec.cap - state.committed - state.overrun - state.reserved
+            if left < remaining:
+                remaining = left
+            if spec.high_end_cap - state.high_end_used < high:
+                high = spec.high_end_cap - state.high_end_used
+            if spec.pro_cap - state.pro_used < pro:
+                pro = spec.pro_cap - state.pro_used
+        high = min(high, remaining)  # a share never exceeds what the windows hold
+        pro = min(pro, remaining)
         # Floats for the router (its rule compares float costs); micro-units divide exactly
         # enough: every value below 2**53 micro-units is represented to the micro-unit.
         return max(remaining, 0) / MICRO, (max(high, 0) / MICRO, max(pro, 0) / MICRO)
@@ -253,7 +262,7 @@ class BudgetLedger:
 
     async def release(self, reservation: Reservation) -> None:
         """Give a reservation back (the call failed or was cancelled)."""
-        await self._catch_up()
+        await self._catch_up(scan=False)
         await self.store.release(reservation)
 
     # -------------------------------------------------------------- settlement and journal
@@ -263,7 +272,7 @@ class BudgetLedger:
             await self.store.settle(reservation, actual)
         except Exception as exc:  # whatever failed, the money was spent: keep it
             raise await self._journal(reservation, actual, exc) from exc
-        await self._catch_up()  # the store answers: apply what waits in the journal
+        await self._catch_up(scan=False)  # the store answers: apply what waits in the journal
         return actual
 
     async def _journal(self, reservation: Reservation, actual: int, exc: Exception) -> AgentLanesError:
@@ -386,12 +395,16 @@ class BudgetLedger:
             return None
         return JournaledCharge(reservation, actual, path)
 
-    async def _catch_up(self) -> None:
+    async def _catch_up(self, *, scan: bool = True) -> None:
         """Apply journaled charges to the store if there are any (a failure leaves them
-        journaled, counted against the caps, for the next call)."""
+        journaled, counted against the caps, for the next call). ``scan`` first looks
+        for entries other processes wrote (one ``stat`` of the directory): admission
+        must see them; a settlement or release only applies those already known, so a
+        stage's bookkeeping stats the journal once, when it reserves."""
         if self.journal_dir is None:
             return
-        self._rescan()
+        if scan:
+            self._rescan()
         if not self._pending:
             return
         if self._drain_lock is None:

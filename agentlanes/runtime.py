@@ -51,7 +51,7 @@ from agentlanes.receipts import Receipt, ReceiptSigner
 from agentlanes.result import CallRecord, RunResult, RunState, StageRecord
 from agentlanes.router import Router
 from agentlanes.sources import LiveSignals, ProviderStats, SignalSource, StaticSignals
-from agentlanes.stores import Store, open_store
+from agentlanes.stores import MemoryStore, Store, open_store
 from agentlanes.telemetry import OTLPExport, Telemetry, TraceProcessor
 from agentlanes.tracefile import RUN_ID_RE, trace_path
 from agentlanes.verifiers import Verifier, VerifierResult
@@ -291,9 +291,11 @@ class Lanes:
     @property
     def ledger(self) -> BudgetLedger:
         if self._ledger is None:
-            self._ledger = BudgetLedger(
-                self.store, self.bundle.optimizer, session_id=self.session_id, journal_dir=self.data_dir / "journal"
-            )
+            store = self.store
+            # A charge the store could not record is journaled on disk and applied when
+            # it answers again; a memory store always answers and dies with the process.
+            journal = None if isinstance(store, MemoryStore) else self.data_dir / "journal"
+            self._ledger = BudgetLedger(store, self.bundle.optimizer, session_id=self.session_id, journal_dir=journal)
         return self._ledger
 
     @property
@@ -541,16 +543,20 @@ class StageContext:
         if system is not None:
             messages.insert(0, Message("system", system))
         fields = {k: v for k, v in options.items() if v is not None}
-        fields["tools"] = tuple(fields.get("tools", ()))
+        tools = fields.get("tools")
+        if tools is not None:
+            if tools:
+                fields["tools"] = tuple(tools)
+            else:
+                del fields["tools"]
         response_format = fields.get("response_format")
         if isinstance(response_format, type) and issubclass(response_format, BaseModel):
             fields["response_format"] = ResponseFormat(response_format.model_json_schema(), response_format.__name__)
         elif isinstance(response_format, Mapping):
             fields["response_format"] = ResponseFormat(dict(response_format))
-        base = settings or ModelSettings(max_tokens=self.max_tokens or 1024)
-        if not fields["tools"]:
-            del fields["tools"]
-        return messages, dataclasses.replace(base, **fields)
+        if settings is None:
+            return messages, ModelSettings(**{"max_tokens": self.max_tokens or 1024, **fields})
+        return messages, dataclasses.replace(settings, **fields) if fields else settings
 
     async def complete(
         self,

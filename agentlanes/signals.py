@@ -109,6 +109,8 @@ class SignalSnapshot:
     Attributes:
         raw: the mapping it was built from (not copied; do not mutate it afterwards).
         problems: ``missing-signal:<name>`` / ``invalid-signal:<name>`` reasons, sorted.
+        canonical: the canonical JSON of ``raw`` (sorted keys, no spaces), or ``None``
+            when it is not JSON-representable.
         digest: ``sha256:<hex>`` of the canonical JSON of ``raw``; part of every
             decision id, so the same signals always give the same id.
     """
@@ -116,6 +118,7 @@ class SignalSnapshot:
     __slots__ = (
         "battery_state",
         "cache_read_tokens",
+        "canonical",
         "digest",
         "estimated_lane_costs",
         "extra_present",
@@ -139,6 +142,7 @@ class SignalSnapshot:
 
     raw: Mapping[str, Any]
     problems: tuple[str, ...]
+    canonical: str | None
     digest: str
     local_model_profile_available: bool
     local_service_healthy: bool
@@ -209,7 +213,9 @@ class SignalSnapshot:
         set_(self, "local_energy_minutes", _num(energy, runtime))
         set_(self, "estimated_lane_costs", costs)
         set_(self, "extra_present", frozenset(k for k, v in raw.items() if v is not None))
-        set_(self, "digest", _digest(raw))
+        canonical = _canonical(raw)
+        set_(self, "canonical", canonical)
+        set_(self, "digest", _digest(raw, canonical))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"SignalSnapshot is immutable; build a new one instead of setting {name!r}.")
@@ -228,12 +234,18 @@ class SignalSnapshot:
         return f"SignalSnapshot({state}, {self.digest[:19]}...)"
 
 
-def _digest(raw: Mapping[str, Any]) -> str:
+def _canonical(raw: Mapping[str, Any]) -> str | None:
+    """``raw`` as canonical JSON (sorted keys, no spaces, UTF-8), or ``None`` when it is
+    not JSON-representable (NaN, objects)."""
     try:
-        body = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError):
-        # Not JSON-representable (NaN, objects): the digest still has to be stable.
-        body = repr(sorted((str(k), repr(v)) for k, v in raw.items()))
+        return None
+
+
+def _digest(raw: Mapping[str, Any], canonical: str | None) -> str:
+    # Not JSON-representable: the digest still has to be stable.
+    body = canonical if canonical is not None else repr(sorted((str(k), repr(v)) for k, v in raw.items()))
     return "sha256:" + hashlib.sha256(body.encode("utf-8")).hexdigest()
 
 

@@ -32,19 +32,19 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from random import getrandbits as _getrandbits
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import SpanKind, Status, StatusCode, TraceFlags
 
 from agentlanes import attributes as A
 from agentlanes.content import ContentStore
@@ -177,15 +177,18 @@ class Telemetry:
         if not enabled:
             self.tracer: trace.Tracer = trace.NoOpTracer()
             return
+        received = tracer_provider is not None  # someone receives the spans
         provider = tracer_provider
         if provider is None:
             global_provider = trace.get_tracer_provider()
-            if isinstance(global_provider, TracerProvider):
+            if _configured(global_provider):
                 provider = global_provider  # the application's: its resource stands
+                received = True
             else:
                 provider = TracerProvider(resource=Resource.create(dict(resource_attributes or {})))
         self.provider = provider
         self.resource = getattr(provider, "resource", None)
+        self._private_resource = Resource.create(dict(resource_attributes or {})) if self.resource is None else None
         if otlp is None and otlp_endpoint:
             otlp = OTLPExport(otlp_endpoint)
         if otlp is not None:
@@ -205,6 +208,30 @@ class Telemetry:
             self.exporter_processor = BatchSpanProcessor(self.exporter, export_timeout_millis=otlp.timeout * 1000)
             provider.add_span_processor(self.exporter_processor)
         self.tracer = provider.get_tracer("agentlanes", schema_url=_SCHEMA_URL)
+        self._consumed = received or self.exporter is not None
+        self._late: tuple[Any, Any] | None = None  # (provider, tracer): a global provider set after we were made
+
+    def run_tracer(self) -> Any:
+        """The tracer a run emits spans with, or ``None`` when no one can receive them:
+        no provider given, none configured by the application (it may configure one
+        later: asked at every run's start), and no OTLP export. Spans nobody receives
+        are not made; the local record is written all the same, from the run's own
+        records, with the same shape and ids of its own."""
+        if not self.enabled:
+            return None
+        if self._consumed:
+            return self.tracer
+        provider = trace.get_tracer_provider()
+        if not _configured(provider):
+            return None
+        late = self._late
+        if late is None or late[0] is not provider:
+            self._late = late = (provider, provider.get_tracer("agentlanes", schema_url=_SCHEMA_URL))
+        return late[1]
+
+    def local_resource(self) -> Resource:
+        """The resource written with spans that only the local record holds."""
+        return self.resource or self._private_resource or Resource.create({})
 
     def shutdown_export(self) -> None:
         """Send what is queued and stop exporting (bounded by the export timeout: a
@@ -222,6 +249,12 @@ class Telemetry:
             return (0, 0)
         self.exporter_processor.force_flush(timeout_millis)
         return (self.exporter.exported, self.exporter.dropped)
+
+
+def _configured(provider: Any) -> bool:
+    """Whether a tracer provider is a real one (the application set it), not the API's
+    placeholder before any is set or its no-op."""
+    return not (type(provider) is trace.ProxyTracerProvider or isinstance(provider, trace.NoOpTracerProvider))
 
 
 def run_attributes(run: RunState) -> dict[str, Any]:
@@ -246,26 +279,37 @@ def _rejected(decision: Any) -> list[str]:
 
 
 def request_json(decision: Any, premium: tuple[float, float] | None) -> str:
-    """The decision's inputs as canonical JSON: what counterfactual and exact replay
-    re-decide from (names, budget, exclusions, signals; never content)."""
+    """The decision's inputs as canonical JSON (sorted keys, no spaces): what
+    counterfactual and exact replay re-decide from (names, budget, exclusions,
+    signals; never content)."""
     req = decision.request
     body = {
-        **req.upstream_input(),
+        "budgetRemaining": req.budget_remaining,
+        "budgetWindow": req.budget_window,
         "deterministic": req.deterministic,
+        "escalationReason": req.escalation_reason,
         "excludedLanes": [list(x) for x in req.excluded_lanes],
         "ledgerRemaining": decision.ledger_remaining,
         "premiumRemaining": list(premium) if premium is not None else None,
-        "signals": dict(req.signals.raw),
+        "requestedLane": req.requested_lane,
+        "riskClass": req.risk_class,
+        "stage": req.stage,
+        "taskClass": req.task_class,
     }
     neighbours = decision.neighbour_inputs()
     if neighbours is not None:  # findings, ceilings, a binding: what replay decides with again
         body["neighbourInputs"] = neighbours
-    return json.dumps(
-        body,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-    )
+    signals = req.signals
+    canonical = signals.canonical
+    if canonical is None:  # not JSON-representable: written as json.dumps writes it
+        body["signals"] = dict(signals.raw)
+        return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    # The snapshot's canonical JSON is made once per snapshot; it goes where sorting
+    # puts "signals", just before the last top-level key but two ("stage", "taskClass":
+    # strings, escaped, so the last ',"stage":' in the text is the top-level one).
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    cut = text.rindex(',"stage":')
+    return f'{text[:cut]},"signals":{canonical}{text[cut:]}'
 
 
 # ---------------------------------------------------------------------- span sinks
@@ -302,74 +346,109 @@ class _SdkSink:
 
 
 class _LocalSpan:
-    __slots__ = ("attrs", "context", "events", "kind", "name", "parent", "start")
+    """A span only the local record holds: what the OTLP/JSON encoder reads of an SDK
+    span, without the SDK's per-span work (attribute cleaning, locks, span processors).
+    It is its own span context."""
 
-    def __init__(self, name: str, kind: SpanKind, start: int, attrs: dict[str, Any], parent: SpanContext) -> None:
+    __slots__ = (
+        "attributes",
+        "end_time",
+        "events",
+        "instrumentation_scope",
+        "kind",
+        "name",
+        "parent",
+        "resource",
+        "span_id",
+        "start_time",
+        "status",
+        "trace_id",
+    )
+    trace_state = None
+    is_remote = False
+    dropped_attributes = 0
+    dropped_events = 0
+    dropped_links = 0
+    links = ()
+
+    def __init__(
+        self, name: str, kind: SpanKind, start: int, attrs: dict[str, Any], parent: Any, resource: Any, scope: Any
+    ) -> None:
         self.name = name
         self.kind = kind
-        self.start = start
-        self.attrs = attrs
+        self.start_time = start
+        self.end_time: int | None = None
+        self.attributes = attrs
+        self.events: list[_LocalEvent] = []
         self.parent = parent
-        self.events: list[Event] = []
-        self.context = SpanContext(parent.trace_id, random.getrandbits(64) or 1, False, _FLAGS)
+        self.trace_id = parent.trace_id if parent is not None else 0
+        self.span_id = _getrandbits(64) or 1
+        self.status = _OK
+        self.resource = resource
+        self.instrumentation_scope = scope
 
-    def get_span_context(self) -> SpanContext:
-        return self.context
+    def get_span_context(self) -> _LocalSpan:
+        return self
+
+
+class _LocalEvent:
+    __slots__ = ("attributes", "name", "timestamp")
+    dropped_attributes = 0
+
+    def __init__(self, name: str, attributes: dict[str, Any], timestamp: int) -> None:
+        self.name = name
+        self.attributes = attributes
+        self.timestamp = timestamp
 
 
 class _LocalSink:
-    """Spans built directly (no provider): for the record when spans are off."""
+    """Spans for the local record alone (no one receives spans, or spans are off)."""
+
+    __slots__ = ("ended", "resource", "scope")
 
     def __init__(self, resource: Resource, scope: InstrumentationScope) -> None:
         self.resource = resource
         self.scope = scope
-        self.ended: list[ReadableSpan] = []
+        self.ended: list[_LocalSpan] = []
 
     def start(
         self, name: str, kind: SpanKind, start: int, attrs: dict[str, Any], parent: Any, record: Any = None
     ) -> _LocalSpan:
-        return _LocalSpan(name, kind, start, attrs, parent.get_span_context())
+        return _LocalSpan(name, kind, start, attrs, parent.get_span_context(), self.resource, self.scope)
 
     def event(self, span: _LocalSpan, name: str, attrs: dict[str, Any], at: int | None = None) -> None:
-        span.events.append(Event(name, attrs, timestamp=at if at is not None else span.start))
+        span.events.append(_LocalEvent(name, attrs, at if at is not None else span.start_time))
 
     def end(self, span: _LocalSpan, end: int, error: bool | str) -> None:
-        self.ended.append(
-            ReadableSpan(
-                name=span.name,
-                context=span.context,
-                parent=span.parent,
-                resource=self.resource,
-                attributes=span.attrs,
-                events=span.events,
-                kind=span.kind,
-                status=_error(error) if error else _OK,
-                start_time=span.start,
-                end_time=end,
-                instrumentation_scope=self.scope,
-            )
-        )
+        span.end_time = end
+        if error:
+            span.status = _error(error)
+        self.ended.append(span)
 
 
 class _RunSpan:
     """Stands in for the run span when it is not an SDK span (a parent for stages)."""
 
-    __slots__ = ("context",)
+    __slots__ = ("span_id", "trace_id")
+    is_remote = False
 
-    def __init__(self, context: SpanContext) -> None:
-        self.context = context
+    def __init__(self) -> None:
+        self.trace_id = _getrandbits(128) or 1
+        self.span_id = _getrandbits(64) or 1
 
-    def get_span_context(self) -> SpanContext:
-        return self.context
+    def get_span_context(self) -> _RunSpan:
+        return self
 
 
 class _Open:
-    """A run the processor is following: its span (``None`` when spans are off), the
-    parent the local record uses (the span itself when it is an SDK span), its file."""
+    """A run the processor is following: the tracer and span of its spans (``None``
+    when no one receives spans), the parent the local record uses (the span itself
+    when it is an SDK span), its file."""
 
-    __slots__ = ("file", "local", "span")
+    __slots__ = ("file", "local", "span", "tracer")
 
-    def __init__(self, span: Any, local: Any, file: RunTraceFile | None) -> None:
+    def __init__(self, tracer: Any, span: Any, local: Any, file: RunTraceFile | None) -> None:
+        self.tracer = tracer
         self.span = span
         self.local = local
         self.file = file
@@ -397,7 +476,7 @@ class TraceProcessor:
         self.record = record
         self.content = content
         self.capture = capture_content
-        resource = (self.telemetry.resource if self.telemetry is not None else None) or Resource.create({})
+        resource = self.telemetry.local_resource() if self.telemetry is not None else Resource.create({})
         self._local = (resource, InstrumentationScope("agentlanes", None, _SCHEMA_URL))
         self._runs: dict[str, _Open] = {}
         # Stage spans are started when their stage starts and made current while it
@@ -439,12 +518,12 @@ class TraceProcessor:
 
     def _live(self, run: RunState, record: StageRecord, parent_record: StageRecord | None) -> None:
         opened = self._runs.get(run.run_id)
-        if opened is None or opened.span is None or self.telemetry is None:
+        if opened is None or opened.span is None:
             return
         parent = opened.span
         if parent_record is not None and id(parent_record) in self._live_spans:
             parent = self._live_spans[id(parent_record)][0]
-        span = self.telemetry.tracer.start_span(
+        span = opened.tracer.start_span(
             f"agentlanes.stage {record.name}",
             context=trace.set_span_in_context(parent),
             kind=SpanKind.INTERNAL,
@@ -458,8 +537,9 @@ class TraceProcessor:
     def _start(self, run: RunState) -> None:
         span: Any = None
         local: Any = None
-        if self.telemetry is not None:
-            span = self.telemetry.tracer.start_span(
+        tracer = self.telemetry.run_tracer() if self.telemetry is not None else None
+        if tracer is not None:
+            span = tracer.start_span(
                 f"invoke_workflow {run.chain or run.task_class}",
                 attributes=run_attributes(run),
                 start_time=run.started_ns,
@@ -469,9 +549,9 @@ class TraceProcessor:
             token = otel_context.attach(trace.set_span_in_context(span))
             self._run_tokens[run.run_id] = token
         if local is None:
-            local = _RunSpan(SpanContext(random.getrandbits(128) or 1, random.getrandbits(64) or 1, False, _FLAGS))
+            local = _RunSpan()
         file = RunTraceFile(run.trace_path) if self.record and run.trace_path is not None else None
-        self._runs[run.run_id] = _Open(span, local, file)
+        self._runs[run.run_id] = _Open(tracer, span, local, file)
 
     def _inputs(self, run: RunState, digest: str, text: str) -> None:
         if self.content is not None:
@@ -519,19 +599,20 @@ class TraceProcessor:
                     opened.file.write([opened.span])  # the very span exported, same ids
                 else:
                     resource, scope = self._local
-                    base = run_attributes(run)
-                    span = ReadableSpan(
-                        name=f"invoke_workflow {run.chain or run.task_class}",
-                        context=opened.local.get_span_context(),
-                        parent=None,
-                        resource=resource,
-                        attributes={**base, **attrs},
-                        kind=SpanKind.INTERNAL,
-                        status=_error(run.error or run.status) if failed else _OK,
-                        start_time=run.started_ns,
-                        end_time=run.ended_ns,
-                        instrumentation_scope=scope,
+                    span = _LocalSpan(
+                        f"invoke_workflow {run.chain or run.task_class}",
+                        SpanKind.INTERNAL,
+                        run.started_ns,
+                        {**run_attributes(run), **attrs},
+                        None,
+                        resource,
+                        scope,
                     )
+                    context = opened.local.get_span_context()  # the ids the stages' parents carry
+                    span.trace_id, span.span_id = context.trace_id, context.span_id
+                    span.end_time = run.ended_ns
+                    if failed:
+                        span.status = _error(run.error or run.status)
                     opened.file.write([span])
         finally:
             if opened.file is not None:
@@ -543,8 +624,8 @@ class TraceProcessor:
         opened = self._runs.get(run.run_id)
         if opened is None:
             return
-        if opened.span is not None and self.telemetry is not None:
-            sdk = _SdkSink(self.telemetry.tracer, self._live_spans)
+        if opened.span is not None:
+            sdk = _SdkSink(opened.tracer, self._live_spans)
             emit_stage(sdk, run, record, opened.span, self.capture)
             if opened.file is not None and opened.local is opened.span:
                 opened.file.write(sdk.ended)  # the very spans exported, same ids
@@ -575,12 +656,14 @@ def emit_stage(sink: Any, run: RunState, record: StageRecord, parent: Any, captu
     }
     if record.parent:
         attrs[A.STAGE_PARENT] = record.parent
+    last_rejected: list[str] = []
     if last is not None:
+        last_rejected = _rejected(last)
         attrs[A.LANE] = last.lane or ""
         attrs[A.DECISION_ID] = last.decision_id
         attrs[A.DECISION_STATUS] = last.status
         attrs[A.DECISION_REASON] = last.reason
-        attrs[A.CANDIDATES_REJECTED] = _rejected(last)
+        attrs[A.CANDIDATES_REJECTED] = last_rejected
         attrs[A.BUDGET_REMAINING] = last.budget_remaining
         if last.estimated_cost is not None:
             attrs[A.COST_ESTIMATED] = last.estimated_cost
@@ -595,7 +678,7 @@ def emit_stage(sink: Any, run: RunState, record: StageRecord, parent: Any, captu
             A.DECISION_STATUS: decision.status,
             A.DECISION_REASON: decision.reason,
             A.LANE: decision.lane or "",
-            A.CANDIDATES_REJECTED: _rejected(decision),
+            A.CANDIDATES_REJECTED: last_rejected if decision is last else _rejected(decision),
             A.REQUEST: request_json(decision, premium),
             A.STEP: step,
         }

@@ -128,7 +128,8 @@ class RunTraceFile:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self.path = path
 
-    def write(self, spans: Sequence[ReadableSpan]) -> None:
+    def write(self, spans: Sequence[Any]) -> None:
+        """Append ``spans`` (SDK spans, or the record's own spans of the same shape)."""
         # One write call per batch of spans (a stage's): in the OS once the spans have
         # ended, so a kill -9 cannot lose them; a torn line can only be the last one.
         data = b"".join(encode_span_line(span) for span in spans)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from random import getrandbits as _getrandbits
 from typing import Any, TypeAlias
 
 from agentlanes.budget import Refusal, Reservation, WindowSpec, WindowState
@@ -40,7 +40,9 @@ def with_unsettled(state: WindowState, extra: tuple[int, int, int] | None) -> Wi
 def new_reservation_id() -> str:
     """32 hex digits: the time in nanoseconds, then 64 random bits. Ids made later sort
     later, so a store's index takes them at its end instead of at random places."""
-    return f"{time.time_ns():016x}{os.urandom(8).hex()}"
+    # 64 random bits from the process's generator (seeded from the OS, reseeded in a
+    # forked child): unique, not secret, and without a system call per reservation.
+    return f"{time.time_ns():016x}{_getrandbits(64):016x}"
 
 
 @dataclass(frozen=True)

@@ -90,9 +90,20 @@ class MemoryStore(Store):
         unsettled: Unsettled | None = None,
     ) -> Reservation | Refusal:
         check_micro("A reservation", amount)
+        rows = self._windows
         with self._lock:
-            self._reap()
+            if self._expiry and self._expiry[0][0] <= self._clock():
+                self._reap()
+            premium = lane == "high-end" or lane == "pro"
             for spec in windows:
+                row = rows.get((spec.window, spec.key))
+                if (
+                    row is not None
+                    and not unsettled
+                    and not premium
+                    and amount <= spec.cap - row[_C] - row[_O] - row[_R]
+                ):
+                    continue  # the common case, decided without building a state
                 state = self._state(spec)
                 if unsettled:
                     state = with_unsettled(state, unsettled.get((spec.window, spec.key)))
@@ -121,9 +132,14 @@ class MemoryStore(Store):
                 self._settled.popitem(last=False)
             if self._reservations.pop(reservation.id, None) is not None:
                 self._unreserve(reservation)
+            lane = reservation.lane
             for spec in reservation.windows:
-                charged, overrun = settle_amounts(self._state(spec), reservation.lane, actual)
                 row = self._row(spec)
+                if lane == "high-end" or lane == "pro":
+                    charged, overrun = settle_amounts(self._state(spec), lane, actual)
+                else:  # settle_amounts for a lane without a share, on the row itself
+                    charged = min(actual, max(spec.cap - row[_C] - row[_O] - row[_R], 0))
+                    overrun = actual - charged
                 row[_C] += charged
                 row[_O] = min(row[_O] + overrun, MAX_MICRO)  # as in every store: it must fit 64 bits
                 if reservation.lane == "high-end":
@@ -139,7 +155,8 @@ class MemoryStore(Store):
 
     async def window_states(self, windows: Sequence[WindowSpec]) -> list[WindowState]:
         with self._lock:
-            self._reap()
+            if self._expiry and self._expiry[0][0] <= self._clock():
+                self._reap()
             return [self._state(spec) for spec in windows]
 
     async def append_receipt(self, run_id: str, body: dict[str, Any], seal: Sealer) -> StoredReceipt:
