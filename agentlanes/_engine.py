@@ -55,6 +55,7 @@ from agentlanes.events import (
     StageStarted,
     ToolEnded,
     Verified,
+    wanted,
 )
 from agentlanes.models.base import Message, ModelResponse, ToolCall
 from agentlanes.receipts import receipt_body
@@ -198,14 +199,23 @@ class RunEngine:
         self.effects = effects
         self.models = models
         self.processors = tuple(processors)
+        self._wants = [(wanted(p), p.on_event) for p in self.processors]
+        self._dispatch: dict[type, tuple[Callable[[Any], None], ...]] = {}
         self._context = context
         self._keys: dict[tuple[str, str], int] = {}
 
     # ------------------------------------------------------------------ events
 
     def emit(self, event: Any) -> None:
-        for processor in self.processors:
-            processor.on_event(event)
+        """Hand ``event`` to the processors that want its kind, in their order."""
+        kind = type(event)
+        handlers = self._dispatch.get(kind)
+        if handlers is None:
+            handlers = self._dispatch[kind] = tuple(
+                handle for types, handle in self._wants if types is None or kind in types
+            )
+        for handle in handlers:
+            handle(event)
 
     def messages_json(self, messages: Sequence[Message]) -> str:
         """Messages as the GenAI conventions' ``gen_ai.input.messages`` (role and parts);

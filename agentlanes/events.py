@@ -46,6 +46,7 @@ __all__ = [
     "StageStarted",
     "ToolEnded",
     "Verified",
+    "wanted",
 ]
 
 
@@ -231,6 +232,16 @@ RunEvent = (
 
 class RunProcessor(Protocol):
     """Fed every run event, synchronously and in order, on the task that runs the
-    stage; must not block. An exception from a processor fails the run."""
+    stage; must not block. An exception from a processor fails the run.
+
+    A processor may have an ``event_types`` attribute: the event classes it wants
+    (``None``, or no such attribute: all of them). The engine then calls it only for
+    those, which keeps a stage's bookkeeping from paying for events nobody reads."""
 
     def on_event(self, event: Any) -> None: ...
+
+
+def wanted(processor: Any) -> frozenset[type] | None:
+    """The event classes ``processor`` asks for (``None``: every event)."""
+    types = getattr(processor, "event_types", None)
+    return None if types is None else frozenset(types)

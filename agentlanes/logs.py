@@ -41,11 +41,15 @@ __all__ = ["LogProcessor", "get_logger"]
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "off": 50}
 
 
+def _level() -> int:
+    return _LEVELS.get(os.environ.get("AGENTLANES_LOG_LEVEL", "info").lower(), 20)
+
+
 def get_logger(**bound: Any) -> Any:
     """A logger bound with ``bound`` (run id, stage, lane...)."""
     if structlog.is_configured():
         return structlog.get_logger("agentlanes").bind(**bound)
-    level = _LEVELS.get(os.environ.get("AGENTLANES_LOG_LEVEL", "info").lower(), 20)
+    level = _level()
     logger = structlog.wrap_logger(
         structlog.PrintLogger(sys.stderr),
         processors=[
@@ -59,6 +63,23 @@ def get_logger(**bound: Any) -> Any:
     return logger.bind(**bound)
 
 
+# Events with a line above debug (Decided and Verified are debug only).
+_ABOVE_DEBUG = (
+    RunStarted,
+    RunEnded,
+    StageEnded,
+    CallEnded,
+    ChargeJournaled,
+    AttemptFailed,
+    Escalating,
+    Escalated,
+    BudgetRefused,
+    ModelCooled,
+    Rerouted,
+    EvidenceMissing,
+)
+
+
 class LogProcessor:
     """Run events as log lines (see the module docstring).
 
@@ -69,6 +90,15 @@ class LogProcessor:
     def __init__(self, exporter: Any = None) -> None:
         self.exporter = exporter
         self._logs: dict[str, Any] = {}
+
+    @property
+    def event_types(self) -> tuple[type, ...] | None:
+        """What this processor logs at the level in force: every event at ``debug`` (or
+        when the application configured structlog), else those with an info, warning
+        or error line."""
+        if structlog.is_configured() or _level() <= _LEVELS["debug"]:
+            return None
+        return _ABOVE_DEBUG
 
     def on_event(self, event: Any) -> None:
         kind = type(event)

@@ -101,6 +101,8 @@ def _ceilings(docs: Sequence[Any]) -> tuple[Ceiling, ...]:
 class _Observer:
     """Calls the user's observer with each stage record when it finishes."""
 
+    event_types = (StageEnded,)
+
     def __init__(self, fn: Callable[[StageRecord], None]) -> None:
         self.fn = fn
 

@@ -91,6 +91,8 @@ class ProviderStats:
             calls = self._calls[provider] = deque(maxlen=self.window)
         calls.append((ok, latency_ms))
 
+    event_types = (CallEnded,)
+
     def on_event(self, event: Any) -> None:
         """A run processor: every model call that ended (cancellations aside) counts."""
         if type(event) is CallEnded:

@@ -485,6 +485,8 @@ class TraceProcessor:
         self._live_spans: dict[int, tuple[Any, Any]] = {}
         self._run_tokens: dict[str, Any] = {}
 
+    event_types = (StageStarted, StageEnded, CallEnded, Verified, ToolEnded, RunStarted, InputsRecorded, RunEnded)
+
     def on_event(self, event: Any) -> None:
         kind = type(event)
         if kind is StageStarted:
