@@ -446,6 +446,8 @@ class LaneModel(Model):
             first = await anext(aiter(events))
         except ModelError as exc:
             raise _api_error(exc, self.model_name) from exc
+        except StopAsyncIteration:  # pragma: no cover - the lane's stream always ends with its reply
+            raise ModelAPIError(self.model_name, "the lane's stream ended before any event") from None
         stream = _LaneStreamedResponse(
             model_request_parameters=params,
             _ctx=self._ctx,
