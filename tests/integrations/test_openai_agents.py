@@ -525,3 +525,38 @@ async def test_an_agent_run_replays_offline_and_a_change_diverges(tmp_path: Path
         await replay("agents-run", entry=agent_program, data_dir=tmp_path)
     assert ei.value.index == 1
 
+
+
+async def server_program(lanes: Lanes) -> object:
+    """A tool loop and a stream against whatever serves the lane."""
+
+    async def loop(ctx: StageContext) -> str:
+        config = RunConfig(model_provider=LaneModelProvider(ctx))
+        first = await Runner.run(weather_agent(), "Weather in Paris?", run_config=config)
+        streamed = Runner.run_streamed(weather_agent(), "And Rome?", run_config=config)
+        async for _ in streamed.stream_events():
+            pass
+        return f"{first.final_output} / {streamed.final_output}"
+
+    async with lanes.run(task_class="routine-code", run_id="server-run") as run:
+        run.output = await run.stage("execution", loop)
+    return run.output
+
+
+async def test_a_run_against_the_server_replays_once_the_server_is_gone(tmp_path: Path) -> None:
+    with ScriptedOpenAIServer() as server:
+        server.script.extend([
+            {"tool_calls": [["call_a", "get_weather", '{"city": "Paris"}']]},
+            {"reply": "Sunny."},
+            {"tool_calls": [["call_b", "get_weather", '{"city": "Rome"}']]},
+            {"reply": "Cloudy", "pieces": ["Clo", "udy"]},
+        ])
+        lanes = make_lanes(tmp_path, {"standard": OpenAIChatModel("test-model", base_url=server.base_url)})
+        try:
+            assert await server_program(lanes) == "Sunny. / Cloudy"
+        finally:
+            await lanes.aclose()
+        assert len(server.requests) == 4
+    steps = recorded_steps(tmp_path / "traces" / "server-run.otlp.jsonl")
+    report = await replay("server-run", entry=server_program, data_dir=tmp_path)  # no server any more
+    assert (report.steps, report.complete) == (steps, True) and steps == 5

@@ -548,3 +548,39 @@ async def test_capture_run_messages_sees_what_the_lane_answered(tmp_path: Path) 
     assert [m.kind for m in messages] == ["request", "response"]
     assert messages[1].model_name == "test-model" and messages[1].usage.output_tokens == 1
     assert json.loads(json.dumps(messages[1].provider_details)) == {"lane": "standard", "finish_reason": "stop"}
+
+
+async def server_program(lanes: Lanes) -> object:
+    """A tool loop, a stream and structured output against whatever serves the lane."""
+
+    async def loop(ctx: StageContext) -> str:
+        agent = weather_agent()
+        first = await agent.run("Weather in Paris?", model=LaneModel(ctx))
+        async with agent.run_stream("And Rome?", model=LaneModel(ctx)) as stream:
+            streamed = "".join([d async for d in stream.stream_text(delta=True, debounce_by=None)])
+        structured = await agent.run("Oslo?", model=LaneModel(ctx), output_type=Answer)
+        return f"{first.output} / {streamed} / {structured.output.summary}"
+
+    async with lanes.run(task_class="routine-code", run_id="server-run") as run:
+        run.output = await run.stage("execution", loop)
+    return run.output
+
+
+async def test_a_run_against_the_server_replays_once_the_server_is_gone(tmp_path: Path) -> None:
+    with ScriptedOpenAIServer() as server:
+        server.script.extend([
+            {"tool_calls": [["call_a", "get_weather", '{"city": "Paris"}']]},
+            {"reply": "Sunny."},
+            {"tool_calls": [["call_b", "get_weather", '{"city": "Rome"}']]},
+            {"reply": "Cloudy", "pieces": ["Clo", "udy"]},
+            {"tool_calls": [["call_c", "final_result", '{"city": "Oslo", "summary": "cold"}']]},
+        ])
+        lanes = make_lanes(tmp_path, {"standard": OpenAIChatModel("test-model", base_url=server.base_url)})
+        try:
+            assert await server_program(lanes) == "Sunny. / Cloudy / cold"
+        finally:
+            await lanes.aclose()
+        assert len(server.requests) == 5
+    steps = recorded_steps(tmp_path / "traces" / "server-run.otlp.jsonl")
+    report = await replay("server-run", entry=server_program, data_dir=tmp_path)  # no server any more
+    assert (report.steps, report.complete) == (steps, True) and steps == 6
