@@ -584,3 +584,31 @@ async def test_a_run_against_the_server_replays_once_the_server_is_gone(tmp_path
     steps = recorded_steps(tmp_path / "traces" / "server-run.otlp.jsonl")
     report = await replay("server-run", entry=server_program, data_dir=tmp_path)  # no server any more
     assert (report.steps, report.complete) == (steps, True) and steps == 6
+
+
+async def test_a_retry_keeps_the_prompt_prefix(tmp_path: Path) -> None:
+    # PydanticAI frames validation feedback; with system messages allowed anywhere (the
+    # lane profile), what it adds goes after the conversation so far, never before it.
+    lane_model = ScriptedModel(["short", "a long enough answer"])
+    lanes = make_lanes(tmp_path, {"standard": lane_model})
+    agent = Agent(instructions="Answer in full sentences.", retries=2)
+
+    @agent.output_validator
+    def long_enough(output: str) -> str:
+        if len(output) < 10:
+            from pydantic_ai import ModelRetry
+
+            raise ModelRetry("the answer is too short")
+        return output
+
+    async def step(ctx: StageContext) -> str:
+        return (await agent.run("Explain.", model=LaneModel(ctx))).output
+
+    async with lanes.run(task_class="routine-code") as run:
+        assert await run.stage("execution", step) == "a long enough answer"
+    first, second = lane_model.calls
+    assert second[: len(first)] == first  # the prefix is unchanged
+    assert second[len(first)] == Message("assistant", "short")
+    added = second[len(first) + 1 :]
+    assert any(m.role == "user" and "the answer is too short" in m.content for m in added)
+    assert len(run.records[0].calls) == 2
