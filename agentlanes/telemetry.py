@@ -47,6 +47,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, Status, StatusCode, TraceFlags
 
 from agentlanes import attributes as A
+from agentlanes._localtrace import stage_lines
 from agentlanes.content import ContentStore
 from agentlanes.errors import ConfigurationError
 from agentlanes.events import (
@@ -633,7 +634,12 @@ class TraceProcessor:
                 opened.file.write(sdk.ended)  # the very spans exported, same ids
                 return
         if opened.file is not None:
-            local = _LocalSink(*self._local)
+            resource, scope = self._local
+            lines = stage_lines(run, record, opened.local, resource, scope, _rejected, request_json)
+            if lines is not None:  # the common shape, written straight from the records
+                opened.file.write_lines(lines)
+                return
+            local = _LocalSink(resource, scope)
             emit_stage(local, run, record, opened.local, False)
             opened.file.write(local.ended)
 

@@ -132,7 +132,10 @@ class RunTraceFile:
         """Append ``spans`` (SDK spans, or the record's own spans of the same shape)."""
         # One write call per batch of spans (a stage's): in the OS once the spans have
         # ended, so a kill -9 cannot lose them; a torn line can only be the last one.
-        data = b"".join(encode_span_line(span) for span in spans)
+        self.write_lines(b"".join(encode_span_line(span) for span in spans))
+
+    def write_lines(self, data: bytes) -> None:
+        """Append whole encoded lines, in one write call."""
         while data:
             written = os.write(self._fd, data)
             data = data[written:]
