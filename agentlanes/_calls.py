@@ -315,15 +315,11 @@ class _AnyioDeadline:
         return self._scope.__exit__(*exc)
 
 
-def _deadline(seconds: float) -> contextlib.AbstractAsyncContextManager[Any]:
+def _deadline(engine: RunEngine, seconds: float) -> contextlib.AbstractAsyncContextManager[Any]:
     """A model call's deadline: ``TimeoutError`` when it passes. On asyncio, its own
     timeout (a third of the cost of an anyio cancel scope, on every call); anyio's
-    elsewhere."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # trio, or another loop anyio runs on
-        return _AnyioDeadline(seconds)
-    return asyncio.timeout(seconds)
+    elsewhere (trio)."""
+    return asyncio.timeout(seconds) if engine.on_asyncio else _AnyioDeadline(seconds)
 
 
 _UNGUARDED = contextlib.nullcontext()
@@ -513,7 +509,7 @@ async def _attempt(
     call, prompt = _begin(engine, site, lane, model, messages, settings, number, estimate, streamed=False)
     timeout = settings.timeout or engine.config.call_timeout
     try:
-        async with _deadline(timeout):
+        async with _deadline(engine, timeout):
             response = await engine.effects.request(
                 Call(
                     engine.run,
@@ -613,7 +609,7 @@ async def _open(
         )
     )
     try:
-        async with _deadline(timeout):
+        async with _deadline(engine, timeout):
             first = await events.__anext__()
     except BaseException as exc:
         await _close(events)
@@ -674,7 +670,7 @@ class LaneStream:
         while not self._done:
             if event is None:
                 try:
-                    async with _deadline(opened.timeout):
+                    async with _deadline(self._engine, opened.timeout):
                         event = await opened.events.__anext__()
                 except StopAsyncIteration:
                     await self._fail(

@@ -18,6 +18,7 @@ after repeated standard-lane failure.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,6 +68,15 @@ if TYPE_CHECKING:
     from agentlanes.policy import PolicyBundle
 
 __all__ = ["EngineConfig", "RunEngine", "index_entry", "tool_name", "verifier_identity"]
+
+
+def _on_asyncio() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
 
 _CEILING_REVIEW = "routing-ceiling-human-review"
 
@@ -203,6 +213,7 @@ class RunEngine:
         self._dispatch: dict[type, tuple[Callable[[Any], None], ...]] = {}
         self._context = context
         self._keys: dict[tuple[str, str], int] = {}
+        self.on_asyncio = _on_asyncio()  # the run's event loop: asyncio, or another anyio backend
 
     # ------------------------------------------------------------------ events
 

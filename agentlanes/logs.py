@@ -51,7 +51,7 @@ def get_logger(**bound: Any) -> Any:
         return structlog.get_logger("agentlanes").bind(**bound)
     level = _level()
     logger = structlog.wrap_logger(
-        structlog.PrintLogger(sys.stderr),
+        structlog.WriteLogger(sys.stderr),  # one write per line (PrintLogger makes two)
         processors=[
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
