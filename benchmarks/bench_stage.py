@@ -53,10 +53,12 @@ sys.path.insert(0, str(TREE))
 sys.path.insert(1, str(Path(__file__).resolve().parent))
 
 import argparse  # noqa: E402
+import atexit  # noqa: E402
 import contextlib  # noqa: E402
 import gc  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
+import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -157,6 +159,12 @@ def roomy_router() -> Any:
 ROUTER = roomy_router()
 
 
+# Every Lanes gets a data directory under one per-process directory, removed at exit
+# (a full run writes hundreds of megabytes of traces and content).
+SCRATCH = tempfile.mkdtemp(prefix="agentlanes-bench-")
+atexit.register(shutil.rmtree, SCRATCH, True)
+
+
 def make_lanes(models: dict[str, Any], store: str, **level: bool) -> Lanes:
     """Lanes on a fresh data directory; ``store="default"`` passes no store (SQLite there)."""
     kwargs: dict[str, Any] = dict(level)
@@ -164,9 +172,7 @@ def make_lanes(models: dict[str, Any], store: str, **level: bool) -> Lanes:
         raise LookupError("this tree's Lanes has no record= setting")
     if store == "memory":
         kwargs["store"] = MemoryStore()
-    return Lanes(
-        models, signals=SIGNALS, data_dir=tempfile.mkdtemp(prefix="agentlanes-bench-"), router=ROUTER, **kwargs
-    )
+    return Lanes(models, signals=SIGNALS, data_dir=tempfile.mkdtemp(dir=SCRATCH), router=ROUTER, **kwargs)
 
 
 async def ask(ctx: StageContext) -> str:
