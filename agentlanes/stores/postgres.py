@@ -457,6 +457,14 @@ def _split_dsn(dsn: str) -> tuple[str, dict[str, str]]:
     return urlunsplit(parts._replace(query=rest)), ours
 
 
+def _from_the_database(exc: BaseException) -> bool:
+    """The driver, the server or the network failed (as opposed to an exception raised
+    by a callback the caller handed in, which passes through unchanged)."""
+    return isinstance(exc, asyncpg.PostgresError | asyncpg.InterfaceError | OSError | TimeoutError) or (
+        type(exc).__module__.startswith("asyncpg")
+    )
+
+
 def _is_connection_failure(exc: BaseException) -> bool:
     """The connection (or the server) is gone, as opposed to a statement that failed."""
     if isinstance(exc, asyncpg.InterfaceError):
@@ -689,6 +697,12 @@ class PostgresStore(Store):
                 except AgentLanesError:
                     raise
                 except Exception as exc:
+                    if not _from_the_database(exc):
+                        # the caller's own callback (a receipt's seal or chain check) said
+                        # no: its exception is its message to the caller, not a failure
+                        if conn.is_in_transaction():
+                            conn.terminate()
+                        raise
                     if _is_connection_failure(exc) or isinstance(exc, TimeoutError):
                         conn.terminate()  # broken, or left mid-statement: never reused
                     if _is_connection_failure(exc):
