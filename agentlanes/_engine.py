@@ -260,7 +260,11 @@ class RunEngine:
         run.started_ns = self.effects.now_ns()
         run.started_at = iso_time(run.started_ns)
         await self.effects.start_run(run, index_entry(run))
-        self.emit(RunStarted(run))
+        try:
+            self.emit(RunStarted(run))
+        except BaseException as exc:  # e.g. its record cannot be opened: the run ends here, failed
+            await self.end(exc)
+            raise
 
     async def end(self, exc: BaseException | None) -> None:
         run = self.run
@@ -276,6 +280,11 @@ class RunEngine:
         run.ended_ns = self.effects.now_ns()
         try:
             self.emit(RunEnded(run, exc))
+        except BaseException as late:  # the record's last write failed: the run did too
+            if run.status == "succeeded":
+                run.status = "failed"
+                run.error = getattr(late, "recorded_type", None) or type(late).__name__
+            raise
         finally:
             with anyio.CancelScope(shield=True):
                 await self.effects.end_run(run, {**index_entry(run), "endedAt": iso_time(run.ended_ns)})

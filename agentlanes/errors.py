@@ -12,10 +12,12 @@
     │   ├── BudgetExhausted     the budget could not hold the call (.refusal)
     │   ├── ModelError          a model call failed after retries; __cause__ is the provider's
     │   ├── VerificationFailed  the stage's output never verified (.evidence)
-    │   └── StoreError          the budget store failed; the message says what was admitted
-    │       ├── StoreUnavailable   it did not answer in time (down, cut off, locked)
-    │       └── UnsettledCharge    a call was made but its cost is not in the store yet
-    │                              (.amount, .reservation_id, .journal)
+    │   ├── StoreError          the budget store failed; the message says what was admitted
+    │   │   ├── StoreUnavailable   it did not answer in time (down, cut off, locked)
+    │   │   └── UnsettledCharge    a call was made but its cost is not in the store yet
+    │   │                          (.amount, .reservation_id, .journal)
+    │   └── RecordError         the run's local record (trace, bodies) could not be written
+    │                           (.path); the run stops and is marked failed
     └── ReplayDivergence        a replay differs from its record (.index, .expected, .actual)
 
 Control-flow signals raised by stage code (:class:`RetryStage`, :class:`Escalate`) are
@@ -43,6 +45,7 @@ __all__ = [
     "EscalationDenied",
     "ModelError",
     "PolicyError",
+    "RecordError",
     "ReplayDivergence",
     "RetryStage",
     "RouteDeferred",
@@ -227,6 +230,21 @@ class UnsettledCharge(StoreError):
         self.amount = amount
         self.reservation_id = reservation_id
         self.journal = journal
+
+
+class RecordError(RunError):
+    """The run's local record (its trace file or the bodies replay needs) could not be
+    written: a full disk, a directory that turned read-only, a name no encoder can
+    write. The stage that was ending does not return its result (it could not be
+    recorded), no later stage of the run starts, and the run is marked failed.
+
+    Attributes:
+        path: the file that could not be written.
+    """
+
+    def __init__(self, message: str, *, path: str, run_id: str | None = None, stage: str | None = None) -> None:
+        super().__init__(message, run_id=run_id, stage=stage)
+        self.path = path
 
 
 class ReplayDivergence(AgentLanesError):

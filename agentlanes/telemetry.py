@@ -30,11 +30,13 @@ The bodies in the content store never leave the machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from random import getrandbits as _getrandbits
 from typing import Any
 
@@ -49,7 +51,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, TraceFlags
 from agentlanes import attributes as A
 from agentlanes._localtrace import stage_lines
 from agentlanes.content import ContentStore
-from agentlanes.errors import ConfigurationError
+from agentlanes.errors import ConfigurationError, RecordError
 from agentlanes.events import (
     CallEnded,
     InputsRecorded,
@@ -485,12 +487,59 @@ class TraceProcessor:
         # nest under it; their attributes and children are filled in when it ends.
         self._live_spans: dict[int, tuple[Any, Any]] = {}
         self._run_tokens: dict[str, Any] = {}
+        self._broken: dict[str, RecordError] = {}  # runs whose record could not be written
 
     event_types = (StageStarted, StageEnded, CallEnded, Verified, ToolEnded, RunStarted, InputsRecorded, RunEnded)
 
     def on_event(self, event: Any) -> None:
+        try:
+            self._on_event(event)
+        except (OSError, UnicodeEncodeError) as exc:  # the record cannot be written
+            raise self._broke(event, exc) from exc
+
+    def _broke(self, event: Any, exc: OSError | UnicodeEncodeError) -> RecordError:
+        """The run's record failed: close its file, keep the error (no later stage of
+        the run may start), and say what happened and what to do."""
+        run = event.run
+        record = getattr(event, "record", None)
+        opened = self._runs.get(run.run_id)
+        path = str(run.trace_path or "")
+        if isinstance(exc, OSError) and exc.filename:
+            path = str(exc.filename)
+        elif opened is None or opened.file is None:
+            path = str(self.content.root) if self.content is not None else path
+        if opened is not None and opened.file is not None:
+            file, opened.file = opened.file, None
+            with contextlib.suppress(OSError):
+                file.close()
+        if isinstance(exc, UnicodeEncodeError):
+            why = "a name or value holds text that is not valid Unicode (a lone surrogate); use valid text"
+        else:
+            why = f"{exc.strerror or exc}; free space in, or fix the permissions of, {Path(path).parent}"
+        where = f"stage {record.name!r}" if record is not None else "the run"
+        error = RecordError(
+            f"Run {run.run_id}: its record could not be written to {path} ({why}, or run without a local "
+            f"record: Lanes(record=False)). {where[0].upper()}{where[1:]} does not return a result it could not "
+            "record; the run stops here and is marked failed.",
+            path=path,
+            run_id=run.run_id,
+            stage=record.name if record is not None else None,
+        )
+        self._broken[run.run_id] = error
+        return error
+
+    def _on_event(self, event: Any) -> None:
         kind = type(event)
         if kind is StageStarted:
+            broken = self._broken.get(event.run.run_id)
+            if broken is not None:
+                raise RecordError(
+                    f"Run {event.run.run_id}: no stage can start, since its record could not be written "
+                    f"({broken.path}); see the first error.",
+                    path=broken.path,
+                    run_id=event.run.run_id,
+                    stage=event.record.name,
+                )
             self._live(event.run, event.record, event.parent)
         elif kind is StageEnded:
             opened = self._live_spans.get(id(event.record))
@@ -517,7 +566,10 @@ class TraceProcessor:
         elif kind is InputsRecorded:
             self._inputs(event.run, event.digest, event.text)
         elif kind is RunEnded:
+            broken = self._broken.pop(event.run.run_id, None)
             self._end(event.run)
+            if broken is not None and event.error is None:
+                raise broken  # caught and ignored inside the run: the run still failed
 
     def _live(self, run: RunState, record: StageRecord, parent_record: StageRecord | None) -> None:
         opened = self._runs.get(run.run_id)
