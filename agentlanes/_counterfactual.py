@@ -141,7 +141,8 @@ _DECISION: Final = re.compile(
     + re.escape(A.CANDIDATES_REJECTED)
     + r'","value":\{"arrayValue":\{'
 )
-# From the request's closing quote to the event's closing brace: its step and estimated cost
+# From the request's closing quote to the event's closing brace (then the next event, or
+# the end of the events): its step and estimated cost
 # (trace/2 writes the step first, trace/1 the cost; a decision that admitted no lane has
 # no cost).
 _STEP = _kv(A.STEP, '"intValue":"-?[0-9]{1,19}"')
@@ -152,17 +153,19 @@ _DECISION_END: Final = re.compile(
     + _kv(A.COST_ESTIMATED, r'"doubleValue":(-?(?:0|[1-9][0-9]{0,30})(?:\.[0-9]{1,30})?(?:[eE][+-]?[0-9]{1,4})?)')
     + r")?(?:,"
     + _STEP
-    + r")?\]\}"
+    + r")?\]\}(?=,\{\"timeUnixNano\":\"|\Z)"
 )
+# The stage's name attribute (group 2 is set when the value has no escapes).
+_STAGE: Final = re.compile(r'\{"key":"' + re.escape(A.STAGE_NAME) + r'","value":\{"stringValue":"([^"\\]*)("\}\})?')
 _SPAN_NAME: Final = re.compile(
     r'\{"traceId":"[0-9a-f]{32}","spanId":"[0-9a-f]{16}"(?:,"parentSpanId":"[0-9a-f]{16}")?,"name":"'
 )
 
 
-# Headers and tails already checked (whether they are in the encoder's shape is a
-# function of their text alone; bounded).
+# Headers already checked, and the last tail (whether they are in the encoder's shape is
+# a function of their text alone; bounded).
 _HEADERS: dict[str, bool] = {}
-_TAILS: dict[str, bool] = {}
+_LAST_TAIL = "\0"
 
 
 class Recorded(NamedTuple):
@@ -179,11 +182,14 @@ class Recorded(NamedTuple):
     cost: float | None
     request: Any
     escalated: bool
+    offset: int
+    """Where its line starts in the trace's text (its number is counted only for an error)."""
 
 
-def read_decisions(path: Path) -> tuple[list[Recorded], int]:
+def read_decisions(path: Path) -> tuple[list[Recorded], int, str]:
     """The recorded decisions of the trace at ``path`` in time order (ties in file order),
-    and how many lines had to be decoded in full.
+    how many lines had to be decoded in full, and the trace's text (to number a line
+    named in an error: ``text.count("\\n", 0, offset) + 1``).
 
     Raises:
         TraceError: the file cannot be read, or a line holding decisions is not a trace
@@ -206,11 +212,14 @@ def read_decisions(path: Path) -> tuple[list[Recorded], int]:
         ls = text.rfind("\n", 0, pos) + 1
         le = text.find("\n", pos)
         got: list[Recorded] | None = None
-        if le >= 0 and text.startswith(_MARKER, pos - 8) and pos - 9 > ls and text[pos - 9] != "\\":
+        first = pos
+        if le >= 0 and not text.startswith(_MARKER, pos - 8):  # the text in a string (a stage's name, say)
+            first = text.find(_MARKER, pos, le) + 8
+        if le >= 0 and first - 9 > ls and text[first - 9] != "\\":
             if not text.startswith(header, ls):
                 header = _header(text, ls, le) or "\0"
             if header != "\0":
-                got = _fast_line(text, ls + len(header) - len(_SPAN), le, pos)
+                got = _fast_line(text, ls + len(header) - len(_SPAN), le, first, ls)
         if got is None:
             torn = le < 0
             if torn:
@@ -226,7 +235,7 @@ def read_decisions(path: Path) -> tuple[list[Recorded], int]:
             found.extend(got)
         pos = text.find(_TEXT, le)
     found.sort(key=_time)
-    return found, slow
+    return found, slow, text
 
 
 def _time(r: Recorded) -> int:
@@ -312,44 +321,43 @@ def _header(text: str, ls: int, le: int) -> str | None:
     return header if ok else None
 
 
-def _fast_line(text: str, h: int, le: int, pos: int) -> list[Recorded] | None:
+def _fast_line(text: str, h: int, le: int, pos: int, ls: int) -> list[Recorded] | None:
     """The decisions of the one span at ``h`` (its ``{"traceId":"``), read in place, or
     None when the line is not in the encoder's shape (it is then decoded in full).
 
     ``pos`` is the first decision's name. Each decision event is read from its start to
-    its end (a regular expression anchored at both, the rejected candidates and the
-    request skipped by searching for what follows them); what lies between them (other
-    events, and nothing else in one span) is searched for escalation events and must
-    hold no other span."""
+    its end (patterns anchored at both, the rejected candidates and the request skipped
+    by searching for what follows them); what lies between them (other events, and
+    nothing else in one span) is searched for escalation events and must hold no other
+    span."""
+    global _LAST_TAIL
     st = text.rfind(_STATUS, h, le)
     if st < 0:
         return None
-    tail = text[st:le]
-    ok = _TAILS.get(tail)
-    if ok is None:
-        if len(_TAILS) >= 256:
-            _TAILS.clear()
-        ok = _TAILS[tail] = _TAIL.match(tail) is not None
-    ev = text.rfind(_EVENTS, h, pos)
-    if not ok or ev < 0 or text[st - 1] != "}":
-        return None
-    # The stage's name: its agentlanes.stage.name attribute, else the span's name; the
-    # span's head and attributes hold no other span.
-    k = text.find(_STAGE_KEY, h, ev)
-    if k >= 0:
-        stage = _string(text, k + len(_STAGE_KEY) + len(_STRING) - 1, '"}}', ev)
-        if not text.startswith(_STRING, k + len(_STAGE_KEY)):
+    if not (le - st == len(_LAST_TAIL) and text.startswith(_LAST_TAIL, st)):  # the tail checked last time
+        if _TAIL.match(text, st, le) is None:
             return None
+        _LAST_TAIL = text[st:le]
+    ev = text.rfind(_EVENTS, h, pos)
+    if ev < 0 or text[st - 1] != "}":
+        return None
+    # The stage's name: its agentlanes.stage.name attribute, else the span's name. (One
+    # span per line, as every version of the writer writes them: a line with several is
+    # told by a span's boundary between or after the decisions, not before them.)
+    m = _STAGE.search(text, h, ev)
+    if m is not None:
+        stage = m[1] if m[2] else _string(text, m.start(1) - 1, '"}}', ev)
     else:
+        if text.find(_STAGE_KEY, h, ev) >= 0:
+            return None  # a stage name that is not a string
         m = _SPAN_NAME.match(text, h, ev)
         stage = _string(text, m.end() - 1, '",', ev) if m is not None else None
-    # (after its own '{"traceId":"<32 hex>","spanId"')
-    if stage is None or text.find(_SPAN_ID, h + len(_SPAN) + 34 + len(_SPAN_ID), ev) >= 0:
+    if stage is None:
         return None
     out: list[Recorded] = []
     gaps: list[str] = []
     gap = ev + len(_EVENTS) - len(_TIME)  # the first event's '{'
-    while pos >= 0:
+    while True:
         start = text.rfind(_TIME, gap, pos)
         m = _DECISION.match(text, start + len(_TIME), le) if start >= 0 else None
         if m is None:
@@ -364,27 +372,25 @@ def _fast_line(text: str, h: int, le: int, pos: int) -> list[Recorded] | None:
         end = _DECISION_END.match(text, q, st) if q > 0 else None
         if end is None:
             return None
-        e = end.end()  # after the event's '}'
-        if not (e == st or text.startswith(_NEXT_EVENT, e - 1)):
-            return None
         try:
             request = _loads(text[o : q + 1])
         except (ValueError, RecursionError):
             return None
+        time, did, status, lane = m.groups()
         cost = end[1]
-        value = None if cost is None else float(cost)
-        if value is not None and not math.isfinite(value):
-            return None
+        if cost is not None:
+            cost = float(cost)
+            if not math.isfinite(cost):
+                return None
         if start > gap:
             gaps.append(text[gap:start])
-        gap = e
-        lane = m[4]
-        out.append(_new_tuple(Recorded, (int(m[1]), stage, m[2], m[3], lane or None, value, request, False)))
-        pos = text.find(_TEXT, e, le)
-        if pos >= st:
-            return None  # after the events: not a decision's name
-        if pos >= 0 and not (text.startswith(_MARKER, pos - 8) and text[pos - 9] != "\\"):
-            return None
+        gap = end.end()  # after the event's '}'
+        out.append(_new_tuple(Recorded, (int(time), stage, did, status, lane or None, cost, request, False, ls)))
+        pos = text.find(_TEXT, gap, le)
+        if pos < 0:
+            break
+        if pos >= st or not (text.startswith(_MARKER, pos - 8) and text[pos - 9] != "\\"):
+            return None  # the text elsewhere than as the name of a decision of these events
     if gap < st:
         gaps.append(text[gap:st])
     escalated: set[Any] = set()
@@ -485,6 +491,7 @@ def _full_line(text: str, ls: int, le: int, path: Path, torn: bool) -> list[Reco
                                     float(cost) if isinstance(cost, (int, float)) else None,
                                     attrs.get(A.REQUEST, MISSING),
                                     attrs.get(A.DECISION_ID) in escalated,
+                                    ls,
                                 )
                             )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:

@@ -230,16 +230,19 @@ def counterfactual(paths: Sequence[Path], router: Router) -> CounterfactualRepor
     recorded_total = new_total = 0.0
     for path in paths:
         run_id = path.name.split(".")[0]
-        recorded = read_decisions(path)[0]
+        recorded, _, text = read_decisions(path)
         if recorded:
             runs.add(run_id)
         for d in recorded:
             try:
                 request, premium_pair = requests.get(d.request)
             except (KeyError, TypeError, ValueError, IndexError, RecursionError) as exc:
+                line = text.count("\n", 0, d.offset) + 1
                 raise TraceError(
-                    f"{path}: a recorded decision's inputs are not what agentlanes writes ({type(exc).__name__}).",
+                    f"{path}: line {line}: a recorded decision's inputs are not what agentlanes writes "
+                    f"({type(exc).__name__}).",
                     path=path,
+                    line=line,
                 ) from None
             new_status: str
             try:
