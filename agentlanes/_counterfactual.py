@@ -60,7 +60,6 @@ errors are the same. Requests are cached by their text per :func:`counterfactual
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import stat
@@ -144,19 +143,19 @@ _DECISION: Final = re.compile(
 # From the request's closing quote to the event's closing brace (then the next event, or
 # the end of the events): its step and estimated cost
 # (trace/2 writes the step first, trace/1 the cost; a decision that admitted no lane has
-# no cost).
+# no cost; a cost with a three-digit exponent is read by the full decode).
 _STEP = _kv(A.STEP, '"intValue":"-?[0-9]{1,19}"')
 _DECISION_END: Final = re.compile(
     r'"\}\}(?:,'
     + _STEP
     + r")?(?:,"
-    + _kv(A.COST_ESTIMATED, r'"doubleValue":(-?(?:0|[1-9][0-9]{0,30})(?:\.[0-9]{1,30})?(?:[eE][+-]?[0-9]{1,4})?)')
+    + _kv(A.COST_ESTIMATED, r'"doubleValue":(-?(?:0|[1-9][0-9]{0,30})(?:\.[0-9]{1,30})?(?:[eE][+-]?[0-9]{1,2})?)')
     + r")?(?:,"
     + _STEP
     + r")?\]\}(?=,\{\"timeUnixNano\":\"|\Z)"
 )
-# The stage's name attribute (group 2 is set when the value has no escapes).
-_STAGE: Final = re.compile(r'\{"key":"' + re.escape(A.STAGE_NAME) + r'","value":\{"stringValue":"([^"\\]*)("\}\})?')
+# The stage's name attribute's value (group 2 is set when it has no escapes).
+_STAGE: Final = re.compile(r'"stringValue":"([^"\\]*)("\}\})?')
 _SPAN_NAME: Final = re.compile(
     r'\{"traceId":"[0-9a-f]{32}","spanId":"[0-9a-f]{16}"(?:,"parentSpanId":"[0-9a-f]{16}")?,"name":"'
 )
@@ -283,11 +282,12 @@ def _read(path: Path) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while size <= limit:
-            data = os.read(fd, min(max(info.st_size + 1, 1 << 16), limit + 1 - size))
-            if not data:
-                break
+            want = min(max(info.st_size + 1 - size, 1 << 16), limit + 1 - size)
+            data = os.read(fd, want)
             chunks.append(data)
             size += len(data)
+            if len(data) < want:  # a regular file reads short only at its end
+                break
     finally:
         os.close(fd)
     raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -344,12 +344,13 @@ def _fast_line(text: str, h: int, le: int, pos: int, ls: int) -> list[Recorded] 
     # The stage's name: its agentlanes.stage.name attribute, else the span's name. (One
     # span per line, as every version of the writer writes them: a line with several is
     # told by a span's boundary between or after the decisions, not before them.)
-    m = _STAGE.search(text, h, ev)
-    if m is not None:
+    k = text.find(_STAGE_KEY, h, ev)
+    if k >= 0:
+        m = _STAGE.match(text, k + len(_STAGE_KEY), ev)
+        if m is None:
+            return None  # a stage name that is not a string
         stage = m[1] if m[2] else _string(text, m.start(1) - 1, '"}}', ev)
     else:
-        if text.find(_STAGE_KEY, h, ev) >= 0:
-            return None  # a stage name that is not a string
         m = _SPAN_NAME.match(text, h, ev)
         stage = _string(text, m.end() - 1, '",', ev) if m is not None else None
     if stage is None:
@@ -379,9 +380,7 @@ def _fast_line(text: str, h: int, le: int, pos: int, ls: int) -> list[Recorded] 
         time, did, status, lane = m.groups()
         cost = end[1]
         if cost is not None:
-            cost = float(cost)
-            if not math.isfinite(cost):
-                return None
+            cost = float(cost)  # finite: at most 31 digits and an exponent of two
         if start > gap:
             gaps.append(text[gap:start])
         gap = end.end()  # after the event's '}'
@@ -520,7 +519,8 @@ class RequestCache:
     def __init__(self, build: Callable[[Any, SnapshotCache, SignalSnapshot | None], RouteRequest], limit: int = 4096):
         self._build = build
         self.snapshots = SnapshotCache()
-        self._requests: dict[str, tuple[RouteRequest, tuple[float, float] | None]] = {}
+        self.known: dict[str, tuple[RouteRequest, tuple[float, float] | None]] = {}
+        """Requests already rebuilt, by their text (what :meth:`get` returns for them)."""
         self._signals: dict[str, tuple[dict[str, Any], SignalSnapshot]] = {}
         self._limit = limit
 
@@ -532,14 +532,14 @@ class RequestCache:
                 whole and :func:`agentlanes.history._recorded_request` raise.
         """
         if type(text) is str:
-            hit = self._requests.get(text)
+            hit = self.known.get(text)
             if hit is not None:
                 return hit
             got = self._split(text)
             if got is not None:
-                if len(self._requests) >= self._limit:
-                    self._requests.clear()
-                self._requests[text] = got
+                if len(self.known) >= self._limit:
+                    self.known.clear()
+                self.known[text] = got
                 return got
         if text is MISSING:
             raise KeyError(A.REQUEST)
@@ -566,7 +566,7 @@ class RequestCache:
                 signals = _loads(key)
                 if type(signals) is not dict:
                     return None
-                cached = (signals, self.snapshots.get(signals))
+                cached = (signals, SignalSnapshot(signals))  # a text not seen yet: no repr() key needed
                 if len(self._signals) >= self._limit:
                     self._signals.clear()
                 self._signals[key] = cached

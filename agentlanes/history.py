@@ -224,6 +224,7 @@ def counterfactual(paths: Sequence[Path], router: Router) -> CounterfactualRepor
 
     report = CounterfactualReport()
     requests = RequestCache(_recorded_request)
+    known = requests.known
     decide = router.decide
     runs: set[str] = set()
     decisions = 0
@@ -233,41 +234,31 @@ def counterfactual(paths: Sequence[Path], router: Router) -> CounterfactualRepor
         recorded, _, text = read_decisions(path)
         if recorded:
             runs.add(run_id)
-        for d in recorded:
-            try:
-                request, premium_pair = requests.get(d.request)
-            except (KeyError, TypeError, ValueError, IndexError, RecursionError) as exc:
-                line = text.count("\n", 0, d.offset) + 1
-                raise TraceError(
-                    f"{path}: line {line}: a recorded decision's inputs are not what agentlanes writes "
-                    f"({type(exc).__name__}).",
-                    path=path,
-                    line=line,
-                ) from None
+        for _, stage, _id, status, lane, cost, raw, escalated, offset in recorded:
+            built = known.get(raw) if type(raw) is str else None
+            if built is None:
+                try:
+                    built = requests.get(raw)
+                except (KeyError, TypeError, ValueError, IndexError, RecursionError) as exc:
+                    line = text.count("\n", 0, offset) + 1
+                    raise TraceError(
+                        f"{path}: line {line}: a recorded decision's inputs are not what agentlanes writes "
+                        f"({type(exc).__name__}).",
+                        path=path,
+                        line=line,
+                    ) from None
             new_status: str
             try:
-                new = decide(request, premium_remaining=premium_pair)
+                new = decide(built[0], premium_remaining=built[1])
                 new_lane, new_status, new_reason, new_cost = new.lane, new.status, new.reason, new.estimated_cost
             except ConfigurationError as exc:
                 new_lane, new_status, new_reason, new_cost = None, "error", str(exc), None
-            recorded_cost = d.cost
             decisions += 1
-            recorded_total += recorded_cost or 0.0
+            recorded_total += cost or 0.0
             new_total += new_cost or 0.0
-            if new_lane != d.lane or new_status != d.status or new_cost != recorded_cost:
+            if new_lane != lane or new_status != status or new_cost != cost:
                 report.changes.append(
-                    Change(
-                        run_id,
-                        d.stage,
-                        d.lane,
-                        d.status,
-                        new_lane,
-                        new_status,
-                        new_reason,
-                        recorded_cost,
-                        new_cost,
-                        d.escalated,
-                    )
+                    Change(run_id, stage, lane, status, new_lane, new_status, new_reason, cost, new_cost, escalated)
                 )
     report.decisions = decisions
     report.recorded_cost = recorded_total
