@@ -3,58 +3,78 @@ decoding what it does not use.
 
 Counterfactual replay needs, per recorded decision: its time (the order), its stage's
 name, its id, status, lane, estimated cost and request (the inputs it is decided again
-from), and whether an escalation of its stage names it. A stage span holding decisions
-is a line of about 4 KB of which the request is a quarter; decoding the whole line
-(``orjson`` then a walk over every attribute) was most of the time counterfactual
-replay took, and even validating a line's JSON without building anything costs more
-than deciding again. So this reader reads a line the way agentlanes' encoder
-(:mod:`agentlanes._otlp`) writes it and decodes only those fields:
+from), and whether an escalation event of its stage names it. A stage span holding
+decisions is a line of about 4 KB, a third of it the request and the rejected
+candidates, which the decision event repeats from the span. Decoding such lines whole
+(``orjson``, then a walk over every attribute) was most of counterfactual replay's
+time, and validating their JSON without building anything still costs about twice what
+deciding again does (msgspec, measured). So this reader reads a line the way
+agentlanes' encoder (:mod:`agentlanes._otlp`) writes it, and decodes only those fields.
 
-* It searches the file for ``agentlanes.route_decision`` (what the full decode looked
-  for) and classifies each occurrence. In JSON a ``"`` inside a string is always
-  escaped (``\\"``), so the bytes ``"name":"agentlanes.route_decision"`` whose first
-  quote is not preceded by a backslash are a JSON member ``name`` with exactly that
-  value: they cannot come from a string's content (a captured prompt, a stage name, an
-  error text), whatever it holds. An occurrence that is not delimited by quotes on both
-  sides is part of a longer string, so not an event's name: a line with only such
-  occurrences holds no decision and is skipped. Anything in between (the name as a
-  string of its own, but not written ``"name":"…"`` as the encoder writes it, e.g. JSON
-  with spaces) sends the line to the full decode.
-* A line with decisions must have the encoder's frame: a resource and scope header
-  checked once per distinct header (decoded with the closing brackets appended: one
-  resource, one scope, the span list last), one span (``{"traceId":"`` once), its
-  events array ending just before ``"status"``, and after the status only ``flags``
-  and the closing brackets, checked by a regular expression to the end of the line.
-  The events are split where one ends and the next begins (``},{"timeUnixNano":"``,
-  again impossible inside a string); each decision event's fields are found by their
-  ``{"key":"…","value":{`` prefix (in any order, so trace/1's order reads too), string
-  values end at the first unescaped ``"}}``, and every value used is decoded by the
-  JSON decoder (strings with escapes, the request) or checked byte by byte (digits,
-  plain strings, numbers) before use.
-* Whatever does not look exactly like that (no newline after the line: a write cut by
-  a kill -9; a header, tail, field type or number of another shape; a backslash where
-  the encoder writes none; more than one span) is decoded in full, exactly as before,
-  and any error is a :class:`~agentlanes.tracefile.TraceError` naming the file and
-  line. A line decoded in full may be at most :data:`MAX_FULL_LINE` bytes (decoding a
-  hostile line builds many objects per byte); agentlanes writes stage spans of a few
-  KB (at most 128 events each).
+Why markers can be trusted. Inside a JSON string a ``"`` is always escaped (``\\"``). So
+the text ``"name":"agentlanes.route_decision"`` whose first quote is not preceded by a
+backslash is a JSON member ``name`` with exactly that value, and ``{"key":"…`` or
+``},{"timeUnixNano":"`` are an object's first member: none of them can come from a
+string's content, whatever a captured prompt, a stage name or an error text holds. (A
+quote preceded by a backslash is looked at no further: the line is decoded in full or
+the occurrence is content.) Every marker below starts with a quote that follows a
+character other than a backslash, or with ``{`` or ``,`` before the quote.
 
-What the reader does not do is validate bytes it does not use: a line in the encoder's
-shape where it looks, damaged only elsewhere (say inside the rejected-candidates list),
-is read as the decisions it holds, where the full decode refused the line. Such a line
-was edited by hand, and what the edit can change is no more than editing the decision
-fields themselves could. ``agentlanes replay`` (exact replay) reads every byte.
+How a file is read:
 
-The requests: a request is canonical JSON (``request_json`` in telemetry: sorted keys,
-compact), ``"signals":{…}`` followed by ``"stage"`` and ``"taskClass"``. Runs repeat one
-signal set across stages and runs, and decoding it (and the snapshot cache's ``repr``
-key) was a third of a request's cost, so the signals object is cut out by position,
-the rest decoded with ``null`` in its place, and the signals keyed by their text (a
-text seen before decoded to a dict that passed every check). The cut is used only when
-``"signals":`` occurs once and the rest decodes to an object whose ``signals`` is that
-``null``; otherwise, and on any error, the request is decoded whole as before, so
-errors are the same. Requests are cached by their text per :func:`counterfactual` call
-(a bounded dict); each is still decided again by the router.
+* The file is read (a regular file of at most ``MAX_TRACE_BYTES``, as
+  :func:`agentlanes.tracefile.read_lines` checks) and decoded as UTF-8 (an invalid byte
+  is the same :class:`~agentlanes.tracefile.TraceError` as before), then searched for
+  ``agentlanes.route_decision``, which is what the full decode looked for.
+* A line whose occurrences are all inside longer strings (not a quoted string of their
+  own) names no decision and is skipped. A line where the name appears as the encoder
+  writes it is read in place when it has the encoder's frame: its resource and scope
+  header (checked once per distinct header: decoded with the closing brackets
+  appended, it is one resource with one scope whose span list comes last), its span's
+  events array ending where ``],"status":{`` begins, and after that only the status,
+  the flags, the schema URLs and the closing brackets (a regular expression to the end
+  of the line). Each decision event is matched from its start through its id, status,
+  reason and lane (a pattern anchored at the ``{"timeUnixNano":"`` before the name);
+  its rejected candidates are skipped by searching for the request's key (no
+  ``"name":"`` may lie between: that would be another event); the request ends at the
+  first ``"}},{"key":"`` whose quote is not escaped, and from there a pattern anchored
+  at both ends reads the step and the cost up to the event's end and the next event's
+  start. What lies between and after the decisions (other events) must hold no
+  ``"spanId":"`` (another span) and is searched for escalation events, whose decision
+  ids mark the decisions they escalated. Every value used is decoded by the JSON
+  decoder (the request, strings with escapes) or matched byte by byte (digits, plain
+  strings, a number of bounded length) before use.
+* Anything else, and any line with no newline after it (a write cut by a kill -9), is
+  decoded in full with the same code and errors as before: a header, tail, field type,
+  field order or number of another shape, an escape where the encoder writes none, a
+  line with spaces, a mention of the event's name elsewhere in a decision line. A line
+  decoded in full may be at most :data:`MAX_FULL_LINE` characters (decoding a hostile
+  line builds several objects per byte); a stage span holds at most 128 events, a few
+  hundred KB.
+
+Scope. For every line as the encoder writes it (trace/1 and trace/2 alike: one span
+per line, keys in the protobuf order, no duplicate keys), whatever its strings hold,
+the result is exactly the full decode's; :func:`read_decisions` counts the lines it
+decoded in full, and the tests keep that at zero for freshly recorded runs (a tripwire
+for a change of the writer). What the reader does not do is validate bytes it does not
+use: a line damaged by hand only there (inside the rejected candidates, in a span's own
+attributes or head) is read as the decisions it holds where the full decode refused
+it, and a line edited to repeat a key, or to carry a span before the stage's own, is
+read by the first occurrence. Such edits can change no more than editing the decision
+fields themselves could; ``agentlanes replay`` (exact replay) reads every byte.
+
+The requests (:class:`RequestCache`). A request is canonical JSON (``request_json`` in
+telemetry: sorted keys, compact): ``"signals":{…}`` comes right before ``"stage"`` and
+``"taskClass"``. Runs repeat one signal set across their stages, and decoding it (and
+the snapshot cache's ``repr`` key) was a third of a request's cost, so the signals
+object is cut out by position, the rest decoded with ``null`` in its place, and the
+signals looked up by their text (a text seen before decoded to a dict that passed every
+check; substituting a value for a ``null`` that is a value leaves the rest of the
+document as it was). The cut is used only when ``"signals":`` occurs once and the rest
+decodes to an object whose ``signals`` is that ``null``; otherwise, and on any error,
+the request is decoded whole as before, so the errors are the same. Rebuilt requests
+are cached by their text for one :func:`~agentlanes.history.counterfactual` call
+(bounded); every decision is still decided again by the router.
 """
 
 from __future__ import annotations
