@@ -35,8 +35,8 @@ How a file is read:
   the flags, the schema URLs and the closing brackets (a regular expression to the end
   of the line). Each decision event is matched from its start through its id, status,
   reason and lane (a pattern anchored at the ``{"timeUnixNano":"`` before the name);
-  its rejected candidates are skipped by searching for the request's key (no
-  ``"name":"`` may lie between: that would be another event); the request ends at the
+  what follows (the rejected candidates) is skipped by searching for the request's key
+  (no ``"name":"`` may lie between: that would be another event); the request ends at the
   first ``"}},{"key":"`` whose quote is not escaped, and from there a pattern anchored
   at both ends reads the step and the cost up to the event's end and the next event's
   start. What lies between and after the decisions (other events) must hold no
@@ -142,8 +142,9 @@ _TAIL: Final = re.compile(
     r'(?:,"flags":[0-9]{1,10})?\}\](?:,"schemaUrl":' + _JSON_STRING + r")?\}\]"
     r'(?:,"schemaUrl":' + _JSON_STRING + r")?\}\]\}\Z"
 )
-# A decision event after its '{"timeUnixNano":"', up to its rejected candidates (whose
-# list is skipped), as the encoder writes it (trace/1 and trace/2 alike).
+# A decision event after its '{"timeUnixNano":"', up to its lane's closing quote, as the
+# encoder writes it (trace/1 and trace/2 alike). What follows up to the request (the
+# rejected candidates today) is skipped.
 _DECISION: Final = re.compile(
     r'([0-9]{1,20})","name":"'
     + re.escape(A.EVENT_DECISION)
@@ -153,12 +154,9 @@ _DECISION: Final = re.compile(
     + _kv(A.DECISION_STATUS, '"stringValue":' + _PLAIN)
     + ","
     + _kv(A.DECISION_REASON, '"stringValue":"[^"\\\\]*"')
-    + ","
-    + _kv(A.LANE, '"stringValue":' + _PLAIN)
-    + ","
-    + r'\{"key":"'
-    + re.escape(A.CANDIDATES_REJECTED)
-    + r'","value":\{"arrayValue":\{'
+    + r',\{"key":"'
+    + re.escape(A.LANE)
+    + r'","value":\{"stringValue":"([^"\\]*)"'
 )
 # From the request's closing quote to the event's closing brace (then the next event, or
 # the end of the events): its step and estimated cost
@@ -385,7 +383,7 @@ def _fast_line(text: str, h: int, le: int, pos: int, ls: int) -> list[Recorded] 
             return None
         r = text.find(_REQUEST_KEY, m.end(), st)
         if r < 0 or text.find(_NAME, m.end(), r) >= 0:
-            return None  # no request, or the rejected candidates skipped run into another event
+            return None  # no request, or what is skipped to it runs into another event
         o = r + len(_REQUEST_KEY) - 1  # the request's opening quote
         q = text.find(_NEXT_KEY, o, st)
         if q < 0 or text[q - 1] == "\\":

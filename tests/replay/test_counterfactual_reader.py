@@ -546,3 +546,25 @@ def test_read_trace_and_the_reader_agree_on_what_a_decision_is(corpus: dict[str,
             assert sorted(e["time"] for e in events) == [d.time for d in decisions]
             assert sorted(str(e["attributes"].get("agentlanes.decision.id")) for e in events) == sorted(
                 str(d.decision_id) for d in decisions)
+
+
+def test_a_slimmer_decision_event_still_reads_fast(corpus: dict[str, list[Path]], tmp_path: Path) -> None:
+    """Decision events without the rejected candidates (which the stage span carries too):
+    what a writer that records only what replay needs would leave."""
+    [source] = corpus["demo"]
+    lines = source.read_text().split("\n")
+    for i, line in enumerate(lines):
+        if MARKER in line:
+            message = json.loads(line)
+            for span in message["resourceSpans"][0]["scopeSpans"][0]["spans"]:
+                for event in span["events"]:
+                    if event["name"] == "agentlanes.route_decision":
+                        event["attributes"] = [a for a in event["attributes"]
+                                               if a["key"] != "agentlanes.candidates.rejected"]
+            lines[i] = json.dumps(message, separators=(",", ":"), ensure_ascii=False)
+    path = tmp_path / source.name
+    path.write_text("\n".join(lines))
+    events = [line.split('"events":', 1)[1] for line in lines if MARKER in line]
+    assert events and all("agentlanes.candidates.rejected" not in e for e in events)
+    assert reader.read_decisions(path)[1] == 0
+    assert assert_same([path])[1][:5] == _outcome(counterfactual, [source], ROUTERS[-1])[1][:5]
