@@ -19,8 +19,8 @@ from agentlanes import attributes as A
 from agentlanes.decision import RouteRequest, neighbour_inputs_from_record
 from agentlanes.errors import ConfigurationError
 from agentlanes.router import Router
-from agentlanes.signals import SnapshotCache
-from agentlanes.tracefile import TraceError, _attrs, _value, find_trace, read_lines, read_trace
+from agentlanes.signals import SignalSnapshot, SnapshotCache
+from agentlanes.tracefile import TraceError, find_trace, read_trace
 
 _loads: Callable[[str], Any]
 try:  # optional accelerator (agentlanes[fast]): same results, faster trace reading
@@ -209,122 +209,69 @@ class CounterfactualReport:
         return "\n".join(out)
 
 
-def _decision_events(path: Path) -> Iterable[tuple[str, str, dict[str, Any], set[str]]]:
-    """(run id, stage name, decision event attributes, escalated decision ids) per decision.
-
-    Reads only the lines that hold decision events and, in them, only the events:
-    counterfactual replay is mostly trace reading, so it reads no more than it needs.
-    """
-    run_id = path.name.split(".")[0]
-    lines = read_lines(path)
-    torn = len(lines) - 1 if lines and lines[-1].strip() else -1  # no newline after it: cut mid-write
-    found: list[tuple[int, str, dict[str, Any], set[str]]] = []
-    for i, line in enumerate(lines):
-        if A.EVENT_DECISION not in line:
-            continue
-        try:
-            message = _loads(line)
-        except RecursionError:
-            raise TraceError(
-                f"{path}: line {i + 1} is nested too deeply to be OTLP/JSON.", path=path, line=i + 1
-            ) from None
-        except ValueError:
-            if i == torn:
-                break  # torn by a kill mid-write
-            raise TraceError(f"{path}: line {i + 1} is not OTLP/JSON.", path=path, line=i + 1) from None
-        try:
-            for rs in message["resourceSpans"]:
-                for ss in rs["scopeSpans"]:
-                    for span in ss["spans"]:
-                        stage = next(
-                            (
-                                a["value"].get("stringValue")
-                                for a in span.get("attributes", ())
-                                if a["key"] == A.STAGE_NAME
-                            ),
-                            span.get("name"),
-                        )
-                        events = span.get("events", ())
-                        escalated = {
-                            _event_attr(e, A.DECISION_ID) for e in events if e.get("name") == A.EVENT_ESCALATION
-                        }
-                        for e in events:
-                            if e.get("name") == A.EVENT_DECISION:
-                                at = int(e.get("timeUnixNano", 0))
-                                found.append((at, str(stage), _attrs(e.get("attributes", [])), escalated))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise TraceError(
-                f"{path}: line {i + 1} is not a trace line agentlanes writes ({type(exc).__name__}).",
-                path=path,
-                line=i + 1,
-            ) from None
-    found.sort(key=lambda f: f[0])
-    for _, stage, attrs, escalated in found:
-        yield run_id, stage, attrs, escalated
-
-
-def _event_attr(event: dict[str, Any], key: str) -> Any:
-    for a in event.get("attributes", ()):
-        if a["key"] == key:
-            return _value(a.get("value", {}))
-    return None
-
-
 def counterfactual(paths: Sequence[Path], router: Router) -> CounterfactualReport:
-    """Re-decide every recorded decision of ``paths`` with ``router``'s documents."""
+    """Re-decide every recorded decision of ``paths`` with ``router``'s documents.
+
+    The traces are read by :mod:`agentlanes._counterfactual`, which decodes only the
+    fields a decision is decided again from (and a line in full when it is not in the
+    shape agentlanes writes); every decision is decided again by ``router``.
+
+    Raises:
+        TraceError: a trace cannot be read, or a line or a recorded request in it is not
+            what agentlanes writes.
+    """
+    from agentlanes._counterfactual import RequestCache, read_decisions
+
     report = CounterfactualReport()
-    snapshots = SnapshotCache()
+    requests = RequestCache(_recorded_request)
+    known = requests.known
+    decide = router.decide
     runs: set[str] = set()
+    decisions = 0
+    recorded_total = new_total = 0.0
     for path in paths:
-        for run_id, stage, attrs, escalated in _decision_events(path):
+        run_id = path.name.split(".")[0]
+        recorded, _, text = read_decisions(path)
+        if recorded:
             runs.add(run_id)
-            try:
-                req = _loads(attrs[A.REQUEST])
-                request = _recorded_request(req, snapshots)
-                premium = req.get("premiumRemaining")
-                premium_pair = (float(premium[0]), float(premium[1])) if premium else None
-            except (KeyError, TypeError, ValueError, IndexError, RecursionError) as exc:
-                raise TraceError(
-                    f"{path}: a recorded decision's inputs are not what agentlanes writes ({type(exc).__name__}).",
-                    path=path,
-                ) from None
+        for _, stage, _id, status, lane, cost, raw, escalated, offset in recorded:
+            built = known.get(raw) if type(raw) is str else None
+            if built is None:
+                try:
+                    built = requests.get(raw)
+                except (KeyError, TypeError, ValueError, IndexError, RecursionError) as exc:
+                    line = text.count("\n", 0, offset) + 1
+                    raise TraceError(
+                        f"{path}: line {line}: a recorded decision's inputs are not what agentlanes writes "
+                        f"({type(exc).__name__}).",
+                        path=path,
+                        line=line,
+                    ) from None
             new_status: str
             try:
-                new = router.decide(request, premium_remaining=premium_pair)
+                new = decide(built[0], premium_remaining=built[1])
                 new_lane, new_status, new_reason, new_cost = new.lane, new.status, new.reason, new.estimated_cost
             except ConfigurationError as exc:
                 new_lane, new_status, new_reason, new_cost = None, "error", str(exc), None
-            recorded_lane = attrs.get(A.LANE) or None
-            recorded_cost = _recorded_cost(attrs)
-            report.decisions += 1
-            report.recorded_cost += recorded_cost or 0.0
-            report.new_cost += new_cost or 0.0
-            change = Change(
-                run_id,
-                stage,
-                recorded_lane,
-                attrs.get(A.DECISION_STATUS, "?"),
-                new_lane,
-                new_status,
-                new_reason,
-                recorded_cost,
-                new_cost,
-                attrs.get(A.DECISION_ID) in escalated,
-            )
-            if (
-                change.new_lane != change.recorded_lane
-                or change.new_status != change.recorded_status
-                or change.new_cost != change.recorded_cost
-            ):
-                report.changes.append(change)
+            decisions += 1
+            recorded_total += cost or 0.0
+            new_total += new_cost or 0.0
+            if new_lane != lane or new_status != status or new_cost != cost:
+                report.changes.append(
+                    Change(run_id, stage, lane, status, new_lane, new_status, new_reason, cost, new_cost, escalated)
+                )
+    report.decisions = decisions
+    report.recorded_cost = recorded_total
+    report.new_cost = new_total
     report.runs = len(runs)
     return report
 
 
-def _recorded_request(req: Any, snapshots: SnapshotCache) -> RouteRequest:
+def _recorded_request(req: Any, snapshots: SnapshotCache, snapshot: SignalSnapshot | None = None) -> RouteRequest:
     """A recorded decision's request, rebuilt without re-validating what agentlanes
     wrote (the fast path counterfactual replay lives on), after cheap type checks that
-    keep a hostile trace from reaching the router with values of the wrong kind."""
+    keep a hostile trace from reaching the router with values of the wrong kind.
+    ``snapshot``, when given, is the snapshot of ``req["signals"]`` (already built)."""
     names = (req["taskClass"], req["stage"], req["riskClass"], req["budgetWindow"])
     optional = (req["requestedLane"], req["escalationReason"])
     remaining = req["budgetRemaining"]
@@ -348,15 +295,9 @@ def _recorded_request(req: Any, snapshots: SnapshotCache) -> RouteRequest:
         budget_remaining=float(remaining),
         deterministic=req["deterministic"],
         excluded_lanes=tuple((str(x[0]), str(x[1])) for x in req["excludedLanes"]),
-        signals=snapshots.get(req["signals"]),
+        signals=snapshots.get(req["signals"]) if snapshot is None else snapshot,
         **neighbour_inputs_from_record(req.get("neighbourInputs")),
     )
-
-
-def _recorded_cost(attrs: dict[str, Any]) -> float | None:
-    """The recorded decision's estimated cost (absent when it admitted no lane)."""
-    value = attrs.get(A.COST_ESTIMATED)
-    return float(value) if isinstance(value, (int, float)) else None
 
 
 def run_evidence(path: Path, router: Router, fmt: str, *, task_classes: dict[str, str] | None = None) -> Iterable[str]:

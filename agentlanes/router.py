@@ -40,6 +40,7 @@ __all__ = ["DETERMINISTIC_STAGES", "Router", "RouterMeta"]  # RouterMeta now liv
 _ID_PREFIX: Final = "urn:agentlanes:route-decision:"
 _PACK_DOUBLE: Final = struct.Struct("<d").pack
 _new_tuple: Final = tuple.__new__
+_SHARE_EXHAUSTED: Final = {"high-end": "high-end-share-exhausted", "pro": "pro-share-exhausted"}
 
 
 class _Plan:
@@ -446,18 +447,22 @@ class Router:
         plan: _Plan, budget: float, premium_remaining: tuple[float, float]
     ) -> tuple[tuple[Candidate, ...], Candidate | None]:
         """Candidates when a ledger caps the premium lanes' share (CONTRACT B6)."""
-        caps = {"high-end": premium_remaining[0], "pro": premium_remaining[1]}
+        high_end, pro = premium_remaining[0], premium_remaining[1]
         out: list[Candidate] = []
         for ok, over, cost in plan.lanes:
             cand = ok if cost <= budget else over
-            cap = caps.get(cand.lane)
+            lane = cand[0]
+            cap = high_end if lane == "high-end" else pro if lane == "pro" else None
             if cap is not None and cost > cap:
-                why = f"{cand.lane}-share-exhausted"
-                cand = Candidate(cand.lane, False, cost, (*cand.reasons, why))
+                # tuple.__new__ directly: the NamedTuple's generated __new__ is a Python frame
+                # (this path is every decision a ledger caps, and every counterfactual one).
+                cand = _new_tuple(Candidate, (lane, False, cost, (*cand[3], _SHARE_EXHAUSTED[lane])))
             out.append(cand)
         candidates = tuple(out)
-        best = next((candidates[i] for i in plan.preference if candidates[i].feasible), None)
-        return candidates, best
+        for i in plan.preference:
+            if candidates[i][1]:
+                return candidates, candidates[i]
+        return candidates, None
 
     # ------------------------------------------------------------------ planning
 
