@@ -692,7 +692,9 @@ class TraceProcessor:
                 opened.file.write_lines(lines)
                 return
             local = _LocalSink(resource, scope)
-            emit_stage(local, run, record, opened.local, False)
+            # captured content goes where spans would have carried it: with tracing on
+            # and no one to receive spans, the local record holds what they would hold
+            emit_stage(local, run, record, opened.local, self.capture and self.telemetry is not None)
             opened.file.write(local.ended)
 
 
