@@ -599,6 +599,8 @@ class StageContext:
                 "timeout": timeout,
             },
         )
+        if type(self.model) is LaneModel:  # what its request does, without its frame (a parked stage's memory)
+            return await call(self._engine, self, messages, merged)
         return await self.model.request(messages, merged)
 
     def stream(
@@ -856,7 +858,25 @@ class Run:
         router chose. Stage options are keyword-only and prefixed-free; pass them with
         :meth:`stage_with` when ``fn`` takes keywords of the same names.
         """
-        return await self.stage_with(stage, fn, args, kwargs)
+        engine = self._running(f"stage({stage!r}, ...)")
+        verifiers = self._check_stage(stage, fn, args, kwargs, (), None, None, engine)
+        # stage_with's work with its defaults, one coroutine frame fewer for every stage
+        return await engine.stage(
+            stage,
+            fn,
+            args,
+            kwargs,
+            name=None,
+            deterministic=False,
+            escalation_reason=None,
+            requested_lane=None,
+            verify=verifiers,
+            tool=None,
+            max_tokens=None,
+            evidence=None,
+            parent=None,
+            risk_class=None,
+        )
 
     async def stage_with(
         self,
