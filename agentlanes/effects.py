@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 
+from agentlanes._runindex import DEFAULT_LEASE, lease_fields, repair
 from agentlanes.approval import Approval, ApprovalRequest, Approver
 from agentlanes.budget import Refusal, Reservation
 from agentlanes.findings import Findings, parse_findings
@@ -167,6 +168,9 @@ class LiveEffects(Effects):
         store: returns the store (receipts and the run index).
         approver: asked before escalations that need a human justification.
         signer: returns the receipt signer (its key is loaded on first use).
+        run_lease: seconds a run's index entry stays ``running`` without a renewal
+            (renewed as stages are routed); a run whose lease has passed and whose
+            process is gone is marked abandoned (see :mod:`agentlanes._runindex`).
     """
 
     def __init__(
@@ -178,6 +182,7 @@ class LiveEffects(Effects):
         approver: Approver | None,
         signer: Callable[[], ReceiptSigner],
         findings_source: Callable[[], Any] | None = None,
+        run_lease: float = DEFAULT_LEASE,
     ) -> None:
         self._signals = signals
         self._findings_source = findings_source
@@ -185,15 +190,24 @@ class LiveEffects(Effects):
         self._store = store
         self._approver = approver
         self._signer = signer
+        self.run_lease = run_lease
+        self._renew_at: dict[str, float] = {}  # run id -> when its lease is renewed next (monotonic)
+        self._repaired = False
 
     @property
     def cancel_safe(self) -> bool:
         return self._store().cancel_safe
 
     async def start_run(self, run: RunState, entry: Mapping[str, Any]) -> None:
-        await self._store().record_run(entry)
+        store = self._store()
+        if not self._repaired:  # the first run of these effects: runs a dead process left running
+            self._repaired = True
+            await repair(store)
+        await store.record_run({**entry, **lease_fields(time.time(), self.run_lease)})
+        self._renew_at[run.run_id] = time.monotonic() + self.run_lease / 2
 
     async def end_run(self, run: RunState, entry: Mapping[str, Any]) -> None:
+        self._renew_at.pop(run.run_id, None)
         await self._store().record_run(entry)
         if run.receipts:
             # anchor the run's receipts: its chain's signed closing record, and an entry
@@ -201,6 +215,12 @@ class LiveEffects(Effects):
             await close_run(self._store(), self._signer(), run.run_id, status=run.status)
 
     async def route_inputs(self, run: RunState, record: StageRecord) -> RouteInputs:
+        renew = self._renew_at.get(run.run_id)
+        if renew is not None and time.monotonic() >= renew:  # at most once per half lease
+            self._renew_at[run.run_id] = time.monotonic() + self.run_lease / 2
+            await self._store().record_run(
+                {"runId": run.run_id, "leaseUntil": lease_fields(time.time(), self.run_lease)["leaseUntil"]}
+            )
         signals = await self._signals.snapshot()
         remaining, premium = await self._ledger().headroom(run.run_id, "task")
         findings = run.findings
