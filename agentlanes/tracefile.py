@@ -35,6 +35,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 
 from agentlanes import attributes as A
 from agentlanes._otlp import encode_span_line, encode_spans_json
+from agentlanes._private import private_dir
 from agentlanes.errors import ConfigurationError
 
 __all__ = [
@@ -124,8 +125,10 @@ class RunTraceFile:
     replay decode every chat span.) The file is private to its owner (0600)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        private_dir(path.parent)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if stat.S_IMODE(os.fstat(self._fd).st_mode) & 0o077:  # a file from before, made wider
+            os.fchmod(self._fd, 0o600)
         self.path = path
 
     def write(self, spans: Sequence[Any]) -> None:

@@ -42,6 +42,7 @@ from typing import Any, Final, Literal, TypeVar
 import anyio
 import anyio.to_thread
 
+from agentlanes._private import private_dir, private_file, tighten_file
 from agentlanes.budget import MAX_MICRO, Refusal, Reservation, WindowSpec, WindowState, check_micro
 from agentlanes.errors import ConfigurationError, StoreError, StoreUnavailable
 from agentlanes.stores.base import (
@@ -179,7 +180,12 @@ class SQLiteStore(Store):
         self._inline_commits = 0
         self._checkpointer: threading.Thread | None = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # The database holds the runs index, receipts and budgets: 0600 from the
+            # start (SQLite gives its -wal and -shm the database file's mode).
+            private_dir(self.path.parent, tighten=False)
+            private_file(self.path)
+            for suffix in ("-wal", "-shm", "-journal"):
+                tighten_file(self.path.with_name(self.path.name + suffix))
             conn = self._conn(self._busy_ms)
             self._transact(conn, self._migrate)
         except _Busy as exc:  # pragma: no cover - a busy timeout of 0 and a held lock
