@@ -103,7 +103,11 @@ def run_program(home: Path, umask: int) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "AGENTLANES_LOG_LEVEL": "error"}
     done = subprocess.run(
         [sys.executable, "-c", PROGRAM, str(home), f"{umask:o}"],
-        env=env, capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-3000:]
 
@@ -111,7 +115,9 @@ def run_program(home: Path, umask: int) -> None:
 def as_nobody(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *argv],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -148,9 +154,15 @@ def test_a_second_user_reads_no_canary(shared_tmp: Path, umask: int) -> None:
     readable, found = eval(probe.stdout)  # our own repr of two lists of paths
     assert readable == [str(control)] and found == [str(control)], (readable, found)
     # and not through SQLite either (it would open the database read-only)
-    query = as_nobody([sys.executable, "-c",
-                       "import sqlite3, sys; c = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True); "
-                       "print(c.execute('select count(*) from runs').fetchone())", str(home / "agentlanes.db")])
+    query = as_nobody(
+        [
+            sys.executable,
+            "-c",
+            "import sqlite3, sys; c = sqlite3.connect(f'file:{sys.argv[1]}?mode=ro', uri=True); "
+            "print(c.execute('select count(*) from runs').fetchone())",
+            str(home / "agentlanes.db"),
+        ]
+    )
     assert query.returncode != 0 and "unable to open" in query.stderr
 
 
@@ -173,9 +185,18 @@ def test_existing_directories_agentlanes_names_are_tightened(shared_tmp: Path) -
 def test_the_demo_keeps_its_workspace_private_too(shared_tmp: Path) -> None:
     home = shared_tmp / "demo"
     done = subprocess.run(
-        ["sh", "-c", 'umask 000; exec "$0" -m agentlanes demo --data-dir "$1" --task "CANARY-task-61f0"',
-         sys.executable, str(home)],
-        env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=120, cwd=ROOT,
+        [
+            "sh",
+            "-c",
+            'umask 000; exec "$0" -m agentlanes demo --data-dir "$1" --task "CANARY-task-61f0"',
+            sys.executable,
+            str(home),
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert any((home / "workspaces").rglob("*.py"))  # the patched project the model wrote
