@@ -92,6 +92,7 @@ def _shown_reason(reason: object) -> str:
         return f"of {len(reason)} character(s) that is not a reason name (free text is not repeated here)"
     return f"of type {type(reason).__name__} (a reason is one of the names below)"
 
+
 T = TypeVar("T")
 ContextFactory = Callable[["RunEngine", StageRecord, RouteDecision, int, Sequence[VerifierResult], "int | None"], Any]
 

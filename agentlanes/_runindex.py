@@ -82,8 +82,8 @@ def _owner_alive(who: Any) -> bool | None:
     if not isinstance(who, Mapping) or who.get("host") != _HOST:
         return None
     pid = who.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return None
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 1 << 31:
+        return None  # not a process id (os.kill of a larger one would overflow)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -116,7 +116,7 @@ async def repair(store: Any, *, now: float | None = None) -> list[dict[str, Any]
     now = time.time() if now is None else now
     marked = []
     for entry in await store.runs():
-        if abandoned(entry, now):
+        if isinstance(entry, Mapping) and isinstance(entry.get("runId"), str) and abandoned(entry, now):
             update = {
                 "runId": entry["runId"],
                 "status": "abandoned",

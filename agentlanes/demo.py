@@ -234,9 +234,21 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None) -> in
     out = out or sys.stdout
     data_dir = resolve_data_dir(args.data_dir).resolve()
     os.environ.setdefault("AGENTLANES_LOG_LEVEL", "warning")  # the demo prints its own progress
+    if data_dir.exists() and not data_dir.is_dir():
+        print(
+            f"agentlanes demo: the data directory {data_dir} is not a directory; pass --data-dir DIR.", file=sys.stderr
+        )
+        return 1
     try:
         result = anyio.run(run_demo, args.task, data_dir, out, args.models)
     except AgentLanesError as exc:
         print(f"agentlanes demo: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = exc.filename or data_dir
+        print(
+            f"agentlanes demo: cannot write {where}: {exc.strerror or exc}; pass --data-dir a directory you can write.",
+            file=sys.stderr,
+        )
         return 1
     return 0 if result.status == "succeeded" else 1

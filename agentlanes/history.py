@@ -37,8 +37,15 @@ async def list_runs(data_dir: Path) -> list[dict[str, Any]]:
 
     from agentlanes.stores import open_store
 
-    if not os.environ.get("AGENTLANES_STORE") and not (data_dir / "agentlanes.db").is_file():
-        return []
+    if not os.environ.get("AGENTLANES_STORE"):
+        db = data_dir / "agentlanes.db"
+        if not db.is_file():
+            return []
+        if not (os.access(db, os.W_OK) and os.access(data_dir, os.W_OK)):
+            # read-only media, or another user's directory: list without writing
+            from agentlanes.stores.readonly import read_ledger
+
+            return read_ledger(db).runs
     store = open_store(None, data_dir)
     try:
         return await store.runs()

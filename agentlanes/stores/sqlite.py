@@ -549,7 +549,8 @@ class SQLiteStore(Store):
                 n = db.execute("SELECT COALESCE(MAX(ord), 0) + 1 FROM runs").fetchone()[0]
                 db.execute("INSERT INTO runs VALUES (?,?,?)", (entry_id, n, text))
             else:
-                entry = {**json.loads(row[0]), **run}
+                old = _index_entry(row[0])  # a damaged row is replaced, not a reason to fail the run
+                entry = {**(old if isinstance(old, dict) else {}), **run}
                 db.execute("UPDATE runs SET entry=? WHERE run_id=?", (json.dumps(entry), entry_id))
 
         await self._call("run", work)
@@ -557,7 +558,7 @@ class SQLiteStore(Store):
     async def runs(self) -> list[dict[str, Any]]:
         def work() -> list[dict[str, Any]]:
             rows = self._conn(self._busy_ms).execute("SELECT entry FROM runs ORDER BY ord").fetchall()
-            return [json.loads(r[0]) for r in rows]
+            return [entry for (text,) in rows if isinstance(entry := _index_entry(text), dict)]
 
         return await self._in_thread("read", work)
 
@@ -574,6 +575,14 @@ class SQLiteStore(Store):
 
 
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35)
+
+
+def _index_entry(text: Any) -> Any:
+    """A run index row's entry, or ``None`` when the row is damaged (not JSON text)."""
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        return None
 
 
 def _take_hold(db: sqlite3.Connection, rid: str) -> tuple[str, int, str] | None:
