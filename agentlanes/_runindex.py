@@ -137,7 +137,7 @@ def with_ledger_counts(entries: Iterable[Mapping[str, Any]], receipts: Iterable[
     for stored in receipts:
         try:
             kind = json.loads(stored.text)["envelope"]["payloadType"]
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):
             continue  # not a record agentlanes wrote: `receipts verify` says so
         if kind == PAYLOAD_TYPE:
             counts[stored.run_id] = counts.get(stored.run_id, 0) + 1

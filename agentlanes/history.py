@@ -35,6 +35,7 @@ async def list_runs(data_dir: Path) -> list[dict[str, Any]]:
     """The run index of a data directory (oldest first)."""
     import os
 
+    from agentlanes._runindex import with_ledger_counts
     from agentlanes.stores import open_store
 
     if not os.environ.get("AGENTLANES_STORE"):
@@ -45,10 +46,12 @@ async def list_runs(data_dir: Path) -> list[dict[str, Any]]:
             # read-only media, or another user's directory: list without writing
             from agentlanes.stores.readonly import read_ledger
 
-            return read_ledger(db).runs
+            snapshot = read_ledger(db)
+            return with_ledger_counts(snapshot.runs, snapshot.receipts)
     store = open_store(None, data_dir)
     try:
-        return await store.runs()
+        # receipts counted from the ledger: a run killed after writing one says 0 itself
+        return with_ledger_counts(await store.runs(), await store.receipts())
     finally:
         await store.aclose()
 

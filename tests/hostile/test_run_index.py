@@ -118,3 +118,18 @@ async def test_runs_on_a_directory_the_user_cannot_write(shared_tmp: Path) -> No
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert run_id in done.stdout
     assert sorted((str(p), p.stat().st_mtime_ns) for p in home.rglob("*")) == before
+
+
+def test_runs_count_receipts_from_the_ledger_not_from_a_killed_runs_entry(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    done = cli("demo", "--data-dir", str(home))
+    assert done.returncode == 0, done.stderr
+    with sqlite3.connect(home / "agentlanes.db") as db:
+        [(run_id, entry)] = db.execute("SELECT run_id, entry FROM runs").fetchall()
+        # what a run killed after writing its receipt leaves: started, running, 0 receipts
+        killed = {**json.loads(entry), "status": "running", "receipts": 0}
+        db.execute("UPDATE runs SET entry=? WHERE run_id=?", (json.dumps(killed), run_id))
+    listed = cli("runs", "--json", "--data-dir", str(home))
+    assert listed.returncode == 0, listed.stderr
+    [row] = json.loads(listed.stdout)
+    assert row["runId"] == run_id and row["receipts"] == 1
