@@ -646,6 +646,9 @@ def _open_regular(name: str, what: str) -> IO[bytes]:
 def _text_lines(name: str, what: str) -> Iterator[str]:
     """The lines of a text input (``-``: standard input), each at most 1 MiB of UTF-8,
     from a regular file only: a FIFO or a device is refused before anything is read."""
+    if name == "-" and getattr(sys.stdin, "buffer", None) is None:  # a text stream put in its place
+        yield from sys.stdin
+        return
     fh = sys.stdin.buffer if name == "-" else _open_regular(name, what)
     shown = "standard input" if name == "-" else name
     try:
