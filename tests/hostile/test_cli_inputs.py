@@ -379,3 +379,21 @@ def test_garbage_key_files(world: dict[str, str], tmp_path: Path, key: str, cont
         assert "Traceback" not in done.stderr, (argv, done.stderr[-2000:])
         if argv == ["demo"] or key != "content.key":
             failed_cleanly(done, key if argv != ["receipts", "verify"] else str(home))
+
+
+@pytest.mark.parametrize(
+    ("argv", "names"),
+    [
+        (["replay", "{run}", "--chain", "json:loads"], "json:loads"),
+        (["replay", "{run}", "--chain", "json:JSONDecodeError"], "JSONDecodeError"),
+        (["replay", "{run}", "--chain", "os:sep"], "is not a Chain"),
+        (["replay", "{run}", "--entry", "no_such_module_x:main"], "no_such_module_x:main"),
+        (["replay", "{run}", "--entry", ":::"], "':::'"),
+        (["show", "../../etc/passwd"], "../../etc/passwd"),
+        (["receipts", "verify", "--key-id", "not-a-key-id"], "not-a-key-id"),
+        (["receipts", "export", "--output", "{dir}"], "{dir}"),
+    ],
+)
+def test_odd_arguments(world: dict[str, str], argv: list[str], names: str) -> None:
+    done = cli(*expand(argv, world, ""), "--data-dir", world["home"])
+    failed_cleanly(done, names.format(**world).split(":")[-1] if names.startswith("json:") else names.format(**world))
