@@ -133,3 +133,31 @@ def test_runs_count_receipts_from_the_ledger_not_from_a_killed_runs_entry(tmp_pa
     assert listed.returncode == 0, listed.stderr
     [row] = json.loads(listed.stdout)
     assert row["runId"] == run_id and row["receipts"] == 1
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None, reason="needs root to become nobody")
+def test_every_reading_command_works_on_a_data_directory_it_cannot_write(shared_tmp: Path) -> None:
+    home = shared_tmp / "home"
+    done = cli("demo", "--data-dir", str(home))
+    assert done.returncode == 0, done.stderr
+    for p in [home, *home.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    [trace] = (home / "traces").iterdir()
+    run_id = trace.name.split(".")[0]
+    before = sorted((str(p), p.stat().st_mtime_ns) for p in home.rglob("*"))
+    for argv in (
+        ["runs"],
+        ["runs", "--json"],
+        ["show", run_id],
+        ["replay", run_id],
+        ["receipts", "verify"],
+        ["receipts", "head"],
+        ["receipts", "export"],
+        ["receipts", "public-key"],
+    ):
+        done = cli(*argv, "--data-dir", str(home), nobody=True)
+        assert done.returncode == 0 and "Traceback" not in done.stderr, (argv, done.stderr[-2000:])
+    # writing is refused with a message, not a traceback
+    done = cli("demo", "--data-dir", str(home), nobody=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr and str(home) in done.stderr, done.stderr
+    assert sorted((str(p), p.stat().st_mtime_ns) for p in home.rglob("*")) == before
