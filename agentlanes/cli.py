@@ -771,18 +771,24 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
     from agentlanes.history import list_runs
 
-    runs = anyio.run(list_runs, _data_dir(args))
+    runs = anyio.run(functools.partial(list_runs, _data_dir(args), repair=args.repair))
     if args.json:
         print(json.dumps(runs, indent=2))
         return 0
+    if args.repair:
+        marked = [r for r in runs if r.get("repaired")]
+        print(
+            f"marked {len(marked)} run(s) abandoned (their lease passed and their process is gone)"
+            + "".join(f"\n  {r['runId']}" for r in marked)
+        )
     if not runs:
         print(f"no runs recorded in {_data_dir(args)}")
         return 0
-    print(f"{'run':<26} {'started':<24} {'task class':<22} {'status':<10} {'cost':>10}  trace")
+    print(f"{'run':<26} {'started':<24} {'task class':<22} {'status':<10} {'cost':>10} {'receipts':>8}  trace")
     for r in runs:
         print(
             f"{r['runId']:<26} {r.get('startedAt', ''):<24} {r.get('taskClass', ''):<22} "
-            f"{r.get('status', ''):<10} {r.get('cost', ''):>10}  {r.get('tracePath') or '-'}"
+            f"{r.get('status', ''):<10} {r.get('cost', ''):>10} {r.get('receipts', 0):>8}  {r.get('tracePath') or '-'}"
         )
     return 0
 
@@ -1005,6 +1011,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     runs = sub.add_parser("runs", help="list recorded runs")
     runs.add_argument("--json", action="store_true", help="JSON instead of a table")
+    runs.add_argument(
+        "--repair",
+        action="store_true",
+        help="first mark runs whose lease passed and whose process is gone as abandoned",
+    )
     runs.set_defaults(func=_cmd_runs)
     show = sub.add_parser("show", help="draw a recorded run as a timeline")
     show.add_argument("run", help="run id or trace file")

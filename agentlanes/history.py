@@ -31,19 +31,30 @@ except ImportError:  # pragma: no cover - exercised where orjson is not installe
 __all__ = ["Change", "CounterfactualReport", "counterfactual", "find_trace", "list_runs", "load_run", "render_timeline"]
 
 
-async def list_runs(data_dir: Path) -> list[dict[str, Any]]:
-    """The run index of a data directory (oldest first)."""
+async def list_runs(data_dir: Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """The run index of a data directory (oldest first), each entry with its receipt
+    count read from the ledger (see :func:`agentlanes._runindex.with_ledger_counts`).
+
+    With ``repair``, runs whose process died first are marked ``abandoned`` (see
+    :func:`agentlanes._runindex.repair`); the entries marked carry ``"repaired": True``.
+    """
     import os
 
+    from agentlanes import _runindex
     from agentlanes.stores import open_store
 
     if not os.environ.get("AGENTLANES_STORE") and not (data_dir / "agentlanes.db").is_file():
         return []
     store = open_store(None, data_dir)
     try:
-        return await store.runs()
+        marked = {e["runId"] for e in await _runindex.repair(store)} if repair else set()
+        runs = _runindex.with_ledger_counts(await store.runs(), await store.receipts())
     finally:
         await store.aclose()
+    for r in runs:
+        if r.get("runId") in marked:
+            r["repaired"] = True
+    return runs
 
 
 def load_run(path: Path) -> dict[str, Any]:
