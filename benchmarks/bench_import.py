@@ -25,11 +25,12 @@ use); that plus ``Router()`` and one decision; ``agentlanes route --batch`` on o
 
 ``--compare REV``: the same cases for git revision ``REV`` (a temporary worktree), in the
 same rounds: a change's before and after on a noisy machine.
-``--importtime``: where ``import agentlanes`` spends its time (``-X importtime``, own time
-summed per top-level package, and the slowest agentlanes modules).
+``--importtime [STATEMENT]``: where a statement (default: the common first use) spends its
+import time (``-X importtime``, own time summed per top-level package, and the slowest
+agentlanes modules).
 ``--smoke``: two rounds (for the test that keeps this script working; figures meaningless).
 
-Usage: python benchmarks/bench_import.py [--quick] [--smoke] [--json PATH] [--compare REV] [--importtime]
+Usage: python benchmarks/bench_import.py [--quick] [--smoke] [--json PATH] [--compare REV] [--importtime [STATEMENT]]
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ DECIDE = (
     "from agentlanes import Lanes, Router, RouteRequest; "
     f"Router().decide(RouteRequest(task_class='routine-code', stage='execution', signals={SIGNALS!r}))"
 )
+_CWD = "_BENCH_IMPORT_CWD"
 HEAVY = ("cryptography", "opentelemetry.sdk", "google.protobuf", "tenacity", "jsonschema", "openai", "asyncpg")
 
 # Times one statement in this fresh interpreter: prints {"wall_ms", "cpu_ms"}.
@@ -92,12 +94,13 @@ def environment(tree: Path, pycache: Path) -> dict[str, str]:
     env["PYTHONPATH"] = str(tree)
     env["PYTHONPYCACHEPREFIX"] = str(pycache)
     env["AGENTLANES_LOG_LEVEL"] = "off"
+    env[_CWD] = str(pycache.parent)  # not the checkout: `python -c` puts the working directory first on sys.path
     return env
 
 
 def timed(statement: str, env: dict[str, str]) -> dict[str, float]:
     done = subprocess.run(
-        [sys.executable, "-c", _TIMED, statement], env=env, capture_output=True, text=True, cwd=ROOT, check=False
+        [sys.executable, "-c", _TIMED, statement], env=env, capture_output=True, text=True, cwd=env[_CWD], check=False
     )
     if done.returncode != 0:
         raise SystemExit(f"case failed: {statement}\n{done.stderr[-3000:]}")
@@ -108,7 +111,7 @@ def process(argv: list[str], env: dict[str, str], stdin: str | None = None) -> d
     """A whole process: wall from the parent, CPU from the children's rusage."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=ROOT, input=stdin, check=False)
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, cwd=env[_CWD], input=stdin, check=False)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
@@ -119,7 +122,12 @@ def process(argv: list[str], env: dict[str, str], stdin: str | None = None) -> d
 
 def loaded(env: dict[str, str]) -> dict[str, Any]:
     done = subprocess.run(
-        [sys.executable, "-c", _LOADED, json.dumps(HEAVY)], env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", _LOADED, json.dumps(HEAVY)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=env[_CWD],
     )
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
@@ -223,12 +231,13 @@ def report(figures: dict[str, Any]) -> None:
             print(line)
 
 
-def importtime(tree: Path, home: Path) -> None:
+def importtime(tree: Path, home: Path, statement: str) -> None:
     env = environment(tree, home / "pyc-0")
-    subprocess.run([sys.executable, "-c", "import agentlanes"], env=env, check=True)  # warm
+    subprocess.run([sys.executable, "-c", statement], env=env, check=True, cwd=env[_CWD])  # warm
     err = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import agentlanes"],
+        [sys.executable, "-X", "importtime", "-c", statement],
         env=env,
+        cwd=env[_CWD],
         check=True,
         capture_output=True,
         text=True,
@@ -242,7 +251,7 @@ def importtime(tree: Path, home: Path) -> None:
     for own, _, name in rows:
         by_package[name.split(".")[0]] += own
     total = sum(by_package.values())
-    print(f"\n-X importtime of `import agentlanes` (one pass, own time; total {total / 1e3:.1f} ms):")
+    print(f"\n-X importtime of `{statement}` (one pass, own time; total {total / 1e3:.1f} ms):")
     for name, own in by_package.most_common(15):
         print(f"    {name:<30} {own / 1e3:>7.1f} ms  {own / total:>5.1%}")
     print("  slowest agentlanes modules (own / cumulative ms):")
@@ -256,7 +265,13 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="two rounds: every code path, figures meaningless")
     parser.add_argument("--json", metavar="PATH", help="also write the figures as JSON to PATH ('-': stdout only)")
     parser.add_argument("--compare", metavar="REV", help="also measure git revision REV in the same rounds")
-    parser.add_argument("--importtime", action="store_true", help="where `import agentlanes` spends its time")
+    parser.add_argument(
+        "--importtime",
+        nargs="?",
+        const="from agentlanes import Lanes, Router",
+        metavar="STATEMENT",
+        help="where STATEMENT (default: the common first use) spends its import time",
+    )
     args = parser.parse_args()
     rounds = 2 if args.smoke else 7 if args.quick else 15
     with tempfile.TemporaryDirectory() as tmp:
@@ -279,7 +294,7 @@ def main() -> None:
                 if args.json:
                     Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
             if args.importtime and args.json != "-":
-                importtime(ROOT, home)
+                importtime(ROOT, home, args.importtime)
         finally:
             if args.compare:
                 subprocess.run(
