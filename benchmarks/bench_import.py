@@ -20,8 +20,10 @@ Baselines, measured in the same run:
   ``sys.modules``, imported without agentlanes: the rest of its cost is its own code.
 
 Cases: ``import agentlanes``; ``from agentlanes import Lanes, Router`` (the common first
-use); that plus ``Router()`` and one decision; ``agentlanes route --batch`` on one line
-(a whole process, wall and CPU, next to a bare ``python -c pass``).
+use); that plus ``Router()`` and one decision; ``Lanes()`` and a run's first stage (a test
+double, the memory store, default tracing: where the deferred imports land);
+``agentlanes route --batch`` on one line (a whole process, wall and CPU, next to a bare
+``python -c pass``).
 
 ``--compare REV``: the same cases for git revision ``REV`` (a temporary worktree), in the
 same rounds: a change's before and after on a noisy machine.
@@ -64,6 +66,22 @@ DECIDE = (
     f"Router().decide(RouteRequest(task_class='routine-code', stage='execution', signals={SIGNALS!r}))"
 )
 _CWD = "_BENCH_IMPORT_CWD"
+# The first stage of a run: Lanes() with a test double, the memory store and the default
+# tracing (the local record), one stage; where the deferred imports land.
+STAGE = f"""
+import tempfile, anyio
+from agentlanes import Lanes
+from agentlanes.stores import MemoryStore
+from agentlanes.testing import TestModel
+
+async def main():
+    lanes = Lanes({{"standard": TestModel(text="ok")}}, signals={SIGNALS!r}, store=MemoryStore(),
+                  data_dir=tempfile.mkdtemp())
+    async with lanes.run(task_class="routine-code") as run:
+        await run.stage("planning", lambda ctx: ctx.complete("plan"))
+
+anyio.run(main)
+"""
 HEAVY = ("cryptography", "opentelemetry.sdk", "google.protobuf", "tenacity", "jsonschema", "openai", "asyncpg")
 
 # Times one statement in this fresh interpreter: prints {"wall_ms", "cpu_ms"}.
@@ -144,6 +162,7 @@ def cases(tree: Path, batch: Path) -> dict[str, tuple[str, Any]]:
         "import agentlanes": ("timed", "import agentlanes"),
         "from agentlanes import Lanes, Router": ("timed", "from agentlanes import Lanes, Router"),
         "... + Router() + one decision": ("timed", DECIDE),
+        "Lanes() + a run's first stage": ("timed", STAGE),
         "agentlanes route --batch (process)": ("process", route),
     }
 

@@ -124,6 +124,7 @@ def test_import_benchmark_measures_every_case_against_its_baselines(tmp_path: Pa
         "import agentlanes",
         "from agentlanes import Lanes, Router",
         "... + Router() + one decision",
+        "Lanes() + a run's first stage",
         "agentlanes route --batch (process)",
     ):
         assert positive(rows[name]["wall_ms"]) and positive(rows[name]["over_core_wall"]), (name, rows[name])
