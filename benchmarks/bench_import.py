@@ -13,6 +13,10 @@ Baselines, measured in the same run:
 * ``core dependencies``: what any program on agentlanes needs loaded — pydantic's
   ``BaseModel``, anyio, structlog and the OpenTelemetry API (``opentelemetry.trace``).
   Target: ``import agentlanes`` <= 1.5x this (issue 11).
+* ``core deps + a first pydantic model``: the same, then one two-line model defined and
+  validated: pydantic's one-time cost (its schema machinery, plugin discovery), which
+  any program that validates anything pays once; the cases that validate (a decision, a
+  stage) are shown against it too ("with a model").
 * ``declared dependencies``: every runtime dependency in pyproject.toml imported alone
   (adds tenacity, the OTel SDK, the OTLP protobuf encoder, cryptography, jsonschema):
   what the issue measured as "its dependencies alone".
@@ -55,6 +59,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGET = 1.5
 
 CORE = "from pydantic import BaseModel; import anyio; import structlog; import opentelemetry.trace"
+# ... and pydantic's one-time cost of a first model: its schema machinery and plugin
+# discovery load when the first validator is built, whichever model that is.
+FIRST_MODEL = CORE + "\nclass M(BaseModel):\n    x: int\nM(x=1)"
 DECLARED = (
     CORE + "; import tenacity; import opentelemetry.sdk.trace; import opentelemetry.sdk.resources"
     "; import opentelemetry.exporter.otlp.proto.common.trace_encoder"
@@ -82,6 +89,7 @@ async def main():
 
 anyio.run(main)
 """
+VALIDATES = ("... + Router() + one decision", "Lanes() + a run's first stage")  # build validators
 HEAVY = ("cryptography", "opentelemetry.sdk", "google.protobuf", "tenacity", "jsonschema", "openai", "asyncpg")
 
 # Times one statement in this fresh interpreter: prints {"wall_ms", "cpu_ms"}.
@@ -180,6 +188,7 @@ def run(trees: dict[str, Path], rounds: int, home: Path) -> dict[str, Any]:
     loads = {name: loaded(env) for name, env in envs.items()}
     baselines: dict[str, tuple[str, Any]] = {
         "core dependencies": ("timed", CORE),
+        "core deps + a first pydantic model": ("timed", FIRST_MODEL),
         "declared dependencies": ("timed", DECLARED),
         "interpreter alone (process)": ("process", [sys.executable, "-c", "pass"]),
     }
@@ -212,6 +221,10 @@ def run(trees: dict[str, Path], rounds: int, home: Path) -> dict[str, Any]:
             ref = base["interpreter alone (process)"] if "(process)" in name else base["core dependencies"]
             row["over_core_wall"] = row["wall_ms"] / ref["wall_ms"]
             row["over_core_cpu"] = row["cpu_ms"] / ref["cpu_ms"]
+            if "(process)" not in name:
+                model = base["core deps + a first pydantic model"]
+                row["over_first_model_wall"] = row["wall_ms"] / model["wall_ms"]
+                row["over_first_model_cpu"] = row["cpu_ms"] / model["cpu_ms"]
             if name == "import agentlanes":
                 for label in ("declared dependencies",):
                     row["over_declared_wall"] = row["wall_ms"] / base[label]["wall_ms"]
@@ -240,6 +253,8 @@ def report(figures: dict[str, Any]) -> None:
             if "over_core_wall" in row:
                 ref = "interpreter alone" if "(process)" in name else "core deps"
                 line += f"   {row['over_core_wall']:.2f}x / {row['over_core_cpu']:.2f}x {ref}"
+                if "over_first_model_wall" in row and name in VALIDATES:
+                    line += f"; {row['over_first_model_wall']:.2f}x / {row['over_first_model_cpu']:.2f}x with a model"
             if name == "import agentlanes":
                 line += (
                     f"; {row['over_declared_wall']:.2f}x declared deps; "
