@@ -109,11 +109,36 @@ def test_no_validator_is_built_until_a_document_or_request_is_validated() -> Non
     assert not [m for m in built if m.rsplit(".", 1)[-1] in ("LocalPersonalRouteBinding", "RoutingCeiling")], built
 
 
+FIRST_STAGE = f"""
+import json, tempfile, anyio
+from agentlanes import Lanes
+from agentlanes.stores import MemoryStore
+from agentlanes.testing import TestModel
+
+async def main():
+    lanes = Lanes({{"standard": TestModel(text="ok")}}, signals={SIGNALS}, store=MemoryStore(),
+                  data_dir=tempfile.mkdtemp())
+    async with lanes.run(task_class="routine-code") as run:
+        assert await run.stage("planning", lambda ctx: ctx.complete("plan")) is not None
+    assert run.result.records[0].lane == "standard"
+
+anyio.run(main)
+"""
+
+
+def test_a_first_stage_with_default_tracing_loads_no_heavy_module_it_does_not_use() -> None:
+    # tracing is on by default (the OTel SDK: the local record's resource and provider);
+    # structlog writes the run's log lines; nothing signs, retries or validates a schema
+    loaded = probe(FIRST_STAGE)["loaded"]
+    assert "agentlanes.telemetry" in loaded and "opentelemetry.sdk.resources" in loaded
+    unneeded = [h for h in HEAVY if h not in ("structlog", "opentelemetry.sdk")]
+    assert [m for m in loaded if any(m == u or m.startswith(u + ".") for u in unneeded)] == []
+
+
 def test_heavy_modules_load_where_they_are_needed() -> None:
     signed = probe("from agentlanes.receipts import ReceiptSigner\nReceiptSigner()")["loaded"]
     assert "cryptography" in signed
-    traced = probe("from agentlanes.telemetry import Telemetry\nTelemetry()")["loaded"]
-    assert "opentelemetry.sdk.trace" in traced
+    assert "opentelemetry.sdk.trace" in probe("from agentlanes.telemetry import Telemetry\nTelemetry()")["loaded"]
     assert probe("from agentlanes.telemetry import CountingExporter")["loaded"].count("agentlanes._exporter") == 1
 
 
