@@ -17,6 +17,9 @@ Baselines, measured in the same run:
   validated: pydantic's one-time cost (its schema machinery, plugin discovery), which
   any program that validates anything pays once; the cases that validate (a decision, a
   stage) are shown against it too ("with a model").
+* ``... + a first anyio.run``: that, then an empty coroutine run with ``anyio.run`` (anyio
+  loads its asyncio backend then); a run's first stage is shown against it too ("with a
+  model and a loop").
 * ``declared dependencies``: every runtime dependency in pyproject.toml imported alone
   (adds tenacity, the OTel SDK, the OTLP protobuf encoder, cryptography, jsonschema):
   what the issue measured as "its dependencies alone".
@@ -62,6 +65,8 @@ CORE = "from pydantic import BaseModel; import anyio; import structlog; import o
 # ... and pydantic's one-time cost of a first model: its schema machinery and plugin
 # discovery load when the first validator is built, whichever model that is.
 FIRST_MODEL = CORE + "\nclass M(BaseModel):\n    x: int\nM(x=1)"
+# ... and an event loop: anyio loads its asyncio backend on the first anyio.run.
+FIRST_LOOP = FIRST_MODEL + "\nasync def nothing():\n    pass\nanyio.run(nothing)"
 DECLARED = (
     CORE + "; import tenacity; import opentelemetry.sdk.trace; import opentelemetry.sdk.resources"
     "; import opentelemetry.exporter.otlp.proto.common.trace_encoder"
@@ -89,7 +94,8 @@ async def main():
 
 anyio.run(main)
 """
-VALIDATES = ("... + Router() + one decision", "Lanes() + a run's first stage")  # build validators
+STAGE_CASE = "Lanes() + a run's first stage"
+VALIDATES = ("... + Router() + one decision", STAGE_CASE)  # build validators
 HEAVY = ("cryptography", "opentelemetry.sdk", "google.protobuf", "tenacity", "jsonschema", "openai", "asyncpg")
 
 # Times one statement in this fresh interpreter: prints {"wall_ms", "cpu_ms"}.
@@ -170,7 +176,7 @@ def cases(tree: Path, batch: Path) -> dict[str, tuple[str, Any]]:
         "import agentlanes": ("timed", "import agentlanes"),
         "from agentlanes import Lanes, Router": ("timed", "from agentlanes import Lanes, Router"),
         "... + Router() + one decision": ("timed", DECIDE),
-        "Lanes() + a run's first stage": ("timed", STAGE),
+        STAGE_CASE: ("timed", STAGE),
         "agentlanes route --batch (process)": ("process", route),
     }
 
@@ -189,6 +195,7 @@ def run(trees: dict[str, Path], rounds: int, home: Path) -> dict[str, Any]:
     baselines: dict[str, tuple[str, Any]] = {
         "core dependencies": ("timed", CORE),
         "core deps + a first pydantic model": ("timed", FIRST_MODEL),
+        "... + a first anyio.run": ("timed", FIRST_LOOP),
         "declared dependencies": ("timed", DECLARED),
         "interpreter alone (process)": ("process", [sys.executable, "-c", "pass"]),
     }
@@ -225,6 +232,9 @@ def run(trees: dict[str, Path], rounds: int, home: Path) -> dict[str, Any]:
                 model = base["core deps + a first pydantic model"]
                 row["over_first_model_wall"] = row["wall_ms"] / model["wall_ms"]
                 row["over_first_model_cpu"] = row["cpu_ms"] / model["cpu_ms"]
+                loop = base["... + a first anyio.run"]
+                row["over_first_loop_wall"] = row["wall_ms"] / loop["wall_ms"]
+                row["over_first_loop_cpu"] = row["cpu_ms"] / loop["cpu_ms"]
             if name == "import agentlanes":
                 for label in ("declared dependencies",):
                     row["over_declared_wall"] = row["wall_ms"] / base[label]["wall_ms"]
@@ -255,6 +265,9 @@ def report(figures: dict[str, Any]) -> None:
                 line += f"   {row['over_core_wall']:.2f}x / {row['over_core_cpu']:.2f}x {ref}"
                 if "over_first_model_wall" in row and name in VALIDATES:
                     line += f"; {row['over_first_model_wall']:.2f}x / {row['over_first_model_cpu']:.2f}x with a model"
+                if name == STAGE_CASE:
+                    loop = f"{row['over_first_loop_wall']:.2f}x / {row['over_first_loop_cpu']:.2f}x"
+                    line += f"; {loop} with a model and a loop"
             if name == "import agentlanes":
                 line += (
                     f"; {row['over_declared_wall']:.2f}x declared deps; "
