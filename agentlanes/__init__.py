@@ -6,9 +6,9 @@
 The router is pure and synchronous; the runtime (anyio) wraps it around your loop.
 """
 
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
-if TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
+if _typing.TYPE_CHECKING:  # the same names, eagerly, for type checkers and IDEs
     from agentlanes.chain import Chain
     from agentlanes.decision import Candidate, RouteDecision, RouteRequest, Upgrade
     from agentlanes.errors import (
@@ -138,9 +138,9 @@ __all__ = [
 ]
 
 
-if not TYPE_CHECKING:  # hidden from type checkers, so a misspelt name stays a type error
+if not _typing.TYPE_CHECKING:  # hidden from type checkers, so a misspelt name stays a type error
 
-    def __getattr__(name: str) -> Any:
+    def __getattr__(name: str) -> _typing.Any:
         module = _EXPORTS.get(name)
         if module is None:
             raise AttributeError(f"module 'agentlanes' has no attribute {name!r}")
