@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
-from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay
 
 from agentlanes.budget import Refusal, Reservation, from_micro, to_micro
 from agentlanes.effects import Call
@@ -337,6 +336,9 @@ async def _with_retry(
     if not first.retryable or policy.attempts <= 1:
         raise fail(first, 1) from first
     await effects.sleep(backoff(1, first))
+    # ... and tenacity itself is only imported then: a program whose calls succeed never loads it.
+    from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, stop_after_delay
+
     elapsed = (effects.now_ns() - started) / 1e9
     retrying = AsyncRetrying(
         stop=stop_after_attempt(policy.attempts - 1) | stop_after_delay(max(0.0, policy.max_delay - elapsed)),
