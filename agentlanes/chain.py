@@ -35,6 +35,7 @@ class _Spec(BaseModel):
     model_config = ConfigDict(
         strict=True,
         frozen=True,
+        defer_build=True,
         extra="forbid",
         alias_generator=to_camel,
         populate_by_name=True,

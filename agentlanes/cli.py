@@ -818,42 +818,33 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     from agentlanes.history import list_runs
 
     data_dir = _data_dir(args)
-    if args.repair:
-        from agentlanes._runindex import repair
-        from agentlanes.stores import open_store
-
-        async def fix() -> list[dict[str, Any]]:
-            store = open_store(None, data_dir)
-            try:
-                return await repair(store)
-            finally:
-                await store.aclose()
-
-        marked = anyio.run(fix)
-        _err(
-            f"marked {len(marked)} run(s) abandoned (left running by a process that is gone, lease passed)"
-            + (f": {', '.join(str(m.get('runId')) for m in marked)}" if marked else "")
-        )
-    found = anyio.run(list_runs, data_dir)
+    found = anyio.run(functools.partial(list_runs, data_dir, repair=args.repair))
     runs = [r for r in found if isinstance(r, dict) and isinstance(r.get("runId"), str)]
     if len(runs) < len(found):
         _err(f"note: {len(found) - len(runs)} damaged run index entr(y/ies) in {data_dir} skipped (no runId).")
     if args.json:
         print(json.dumps(runs, indent=2))
         return 0
+    if args.repair:
+        marked = [r for r in runs if r.get("repaired")]
+        print(
+            f"marked {len(marked)} run(s) abandoned (their lease passed and their process is gone)"
+            + "".join(f"\n  {r['runId']}" for r in marked)
+        )
     if not runs:
         print(f"no runs recorded in {data_dir}")
         return 0
 
-    def text(r: dict[str, Any], key: str) -> str:
+    def text(r: dict[str, Any], key: str, default: str = "") -> str:
         value = r.get(key)
-        return "" if value is None else str(value)
+        return default if value is None else str(value)
 
-    print(f"{'run':<26} {'started':<24} {'task class':<22} {'status':<10} {'cost':>10}  trace")
+    print(f"{'run':<26} {'started':<24} {'task class':<22} {'status':<10} {'cost':>10} {'receipts':>8}  trace")
     for r in runs:
         print(
             f"{r['runId']:<26} {text(r, 'startedAt'):<24} {text(r, 'taskClass'):<22} "
-            f"{text(r, 'status'):<10} {text(r, 'cost'):>10}  {text(r, 'tracePath') or '-'}"
+            f"{text(r, 'status'):<10} {text(r, 'cost'):>10} {text(r, 'receipts', '0'):>8}  "
+            f"{text(r, 'tracePath') or '-'}"
         )
     return 0
 
@@ -1079,7 +1070,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument(
         "--repair",
         action="store_true",
-        help="first mark runs left running by a process that is gone (lease passed) as abandoned",
+        help="first mark runs whose lease passed and whose process is gone as abandoned",
     )
     runs.set_defaults(func=_cmd_runs)
     show = sub.add_parser("show", help="draw a recorded run as a timeline")

@@ -71,6 +71,7 @@ class RouteRequest(BaseModel):
         populate_by_name=True,
         serialize_by_alias=True,
         arbitrary_types_allowed=True,
+        defer_build=True,  # built on the first request: importing agentlanes does not pay for it
     )
 
     task_class: str

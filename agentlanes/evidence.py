@@ -733,7 +733,7 @@ def lane_receipt(
 class _LaneReceipt(BaseModel):
     """agentplane's ``ModelRoutingLaneDecisionReceipt`` v0.1, as agentlanes reads it."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True, defer_build=True)
 
     kind: Literal["ModelRoutingLaneDecisionReceipt"]
     receipt_id: str = Field(min_length=1)

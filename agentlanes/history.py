@@ -31,11 +31,18 @@ except ImportError:  # pragma: no cover - exercised where orjson is not installe
 __all__ = ["Change", "CounterfactualReport", "counterfactual", "find_trace", "list_runs", "load_run", "render_timeline"]
 
 
-async def list_runs(data_dir: Path) -> list[dict[str, Any]]:
-    """The run index of a data directory (oldest first)."""
+async def list_runs(data_dir: Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """The run index of a data directory (oldest first), each entry with its receipt
+    count read from the ledger (see :func:`agentlanes._runindex.with_ledger_counts`).
+
+    With ``repair``, runs whose process died first are marked ``abandoned`` (see
+    :func:`agentlanes._runindex.repair`); the entries marked carry ``"repaired": True``.
+    Without it, a data directory this process cannot write (read-only media, another
+    user's) is read without writing anything.
+    """
     import os
 
-    from agentlanes._runindex import with_ledger_counts
+    from agentlanes import _runindex
     from agentlanes.stores import open_store
 
     if not os.environ.get("AGENTLANES_STORE"):
@@ -43,17 +50,25 @@ async def list_runs(data_dir: Path) -> list[dict[str, Any]]:
         if not db.is_file():
             return []
         if not (os.access(db, os.W_OK) and os.access(data_dir, os.W_OK)):
-            # read-only media, or another user's directory: list without writing
+            if repair:
+                raise ConfigurationError(
+                    f"Cannot mark abandoned runs in {db}: it is not writable here (read-only media, or another "
+                    "user's data directory); run `agentlanes runs --repair` as its owner."
+                )
             from agentlanes.stores.readonly import read_ledger
 
             snapshot = read_ledger(db)
-            return with_ledger_counts(snapshot.runs, snapshot.receipts)
+            return _runindex.with_ledger_counts(snapshot.runs, snapshot.receipts)
     store = open_store(None, data_dir)
     try:
-        # receipts counted from the ledger: a run killed after writing one says 0 itself
-        return with_ledger_counts(await store.runs(), await store.receipts())
+        marked = {e["runId"] for e in await _runindex.repair(store)} if repair else set()
+        runs = _runindex.with_ledger_counts(await store.runs(), await store.receipts())
     finally:
         await store.aclose()
+    for r in runs:
+        if r.get("runId") in marked:
+            r["repaired"] = True
+    return runs
 
 
 def load_run(path: Path) -> dict[str, Any]:

@@ -15,8 +15,6 @@ import os
 import sys
 from typing import Any
 
-import structlog
-
 from agentlanes.budget import from_micro
 from agentlanes.events import (
     AttemptFailed,
@@ -47,6 +45,8 @@ def _level() -> int:
 
 def get_logger(**bound: Any) -> Any:
     """A logger bound with ``bound`` (run id, stage, lane...)."""
+    import structlog  # on the first run, not when agentlanes is imported
+
     if structlog.is_configured():
         return structlog.get_logger("agentlanes").bind(**bound)
     level = _level()
@@ -96,6 +96,8 @@ class LogProcessor:
         """What this processor logs at the level in force: every event at ``debug`` (or
         when the application configured structlog), else those with an info, warning
         or error line."""
+        import structlog
+
         if structlog.is_configured() or _level() <= _LEVELS["debug"]:
             return None
         return _ABOVE_DEBUG

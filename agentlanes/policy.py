@@ -98,6 +98,7 @@ class _Doc(BaseModel):
     model_config = ConfigDict(
         strict=True,
         frozen=True,
+        defer_build=True,
         extra="allow",
         alias_generator=to_camel,
         populate_by_name=True,
@@ -526,7 +527,7 @@ class PersonalTuningContract(_Doc):
 class _SnakeDoc(BaseModel):
     """Base of model-router's snake_case documents (no aliases)."""
 
-    model_config = ConfigDict(strict=True, frozen=True, extra="allow")
+    model_config = ConfigDict(strict=True, frozen=True, extra="allow", defer_build=True)
 
 
 AutonomyCeiling = Literal["report_only", "advisory", "human_review_required", "bounded_autonomy"]
@@ -539,7 +540,7 @@ class RoutingConsequence(_SnakeDoc):
     Unknown fields are refused here (not merely reported): a field agentlanes cannot
     read may be a restriction, and ignoring a restriction would loosen the ceiling."""
 
-    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid", defer_build=True)
 
     autonomy_ceiling: AutonomyCeiling
     model_lane_ceiling: SnakeLaneName

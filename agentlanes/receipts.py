@@ -67,16 +67,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, rsa, x448, x25519
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-
 from agentlanes._keyfile import create_key_file, read_key_file, tighten
 from agentlanes.errors import ConfigurationError, RunError
 from agentlanes.policy import canonical_json
 
+# cryptography (about a tenth of what agentlanes used to cost to import) is imported where a
+# key is made, read or used: a program that never signs or verifies a receipt never loads it.
 if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
     from agentlanes.stores.base import Store
 
 __all__ = [
@@ -190,11 +189,15 @@ def _b64(data: bytes) -> str:
 
 def key_id_of(public_key: Ed25519PublicKey) -> str:
     """``ed25519:`` and the first 16 hex digits of the SHA-256 of the raw public key."""
+    from cryptography.hazmat.primitives import serialization
+
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return "ed25519:" + hashlib.sha256(raw).hexdigest()[:16]
 
 
 def _public_pem(public_key: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
@@ -202,6 +205,8 @@ def _public_pem(public_key: Ed25519PublicKey) -> bytes:
 
 
 def _kind_of_key(key: object) -> str:
+    from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, rsa, x448, x25519
+
     for cls, name in (
         ((rsa.RSAPrivateKey, rsa.RSAPublicKey), "an RSA key"),
         ((ec.EllipticCurvePrivateKey, ec.EllipticCurvePublicKey), "an elliptic-curve (ECDSA) key"),
@@ -215,6 +220,10 @@ def _kind_of_key(key: object) -> str:
 
 
 def _parse_private(data: bytes, path: Path) -> Ed25519PrivateKey:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     restore = (
         "Restore the original from a backup; agentlanes does not replace an existing signing key, because the "
         "receipts signed with it would no longer verify against the data directory's public key."
@@ -246,6 +255,10 @@ def load_public_key(pem: str | bytes, *, source: str = "The receipts public key"
     Raises:
         ConfigurationError: the text is not a PEM public key, or not an Ed25519 one.
     """
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     data = pem.encode() if isinstance(pem, str) else pem
     if not data.strip():
         raise ConfigurationError(f"{source} is empty; it must be an Ed25519 public key in PEM.")
@@ -291,6 +304,8 @@ class ReceiptSigner:
 
     def __init__(self, key_dir: Path | None = None, *, private_key: Ed25519PrivateKey | None = None) -> None:
         if private_key is None:
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
             private_key = Ed25519PrivateKey.generate() if key_dir is None else self._load_or_create(key_dir)
         self._key = private_key
         self.public_key = private_key.public_key()
@@ -308,6 +323,9 @@ class ReceiptSigner:
                     "pair where one existed, because the receipts already signed would no longer verify against "
                     f"the data directory. To start a new key deliberately, move {pub_path} (and the ledger) away."
                 )
+            from cryptography.hazmat.primitives import serialization
+            from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
             fresh = Ed25519PrivateKey.generate().private_bytes(
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             )
@@ -360,6 +378,8 @@ class ReceiptSigner:
 
 
 def _public_raw(key: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
@@ -714,6 +734,8 @@ def _parse(index: int, text: str, public_key: Ed25519PublicKey, key_id: str) -> 
         raise _Bad(index, f"{where}: signed by another key than {key_id}")
     if payload_type not in {t for _, t in _KINDS.values()}:
         raise _Bad(index, f"{where}: wrong payload type")
+    from cryptography.exceptions import InvalidSignature  # loaded already: public_key is a cryptography key
+
     try:
         public_key.verify(signature, _pae(payload_type, payload))
     except InvalidSignature:

@@ -33,6 +33,7 @@ from pydantic import BaseModel
 
 from agentlanes._calls import Charge, LaneModels, LaneStream, RetryPolicy, call, charge_external, open_stream
 from agentlanes._engine import EngineConfig, RunEngine, tool_name
+from agentlanes._runindex import DEFAULT_LEASE
 from agentlanes.approval import Approver
 from agentlanes.binding import BindingRequest
 from agentlanes.ceiling import Ceiling, load_ceiling, parse_ceiling
@@ -133,6 +134,10 @@ class Lanes:
         session_id: key of the ``session`` budget window (default: new per ``Lanes``).
         call_timeout: seconds before a model call is abandoned (and retried).
         cooldown: seconds a model that failed all its retries is skipped.
+        run_lease: seconds a run's index entry stays ``running`` without renewal; a run
+            renews it as it routes stages, and one whose lease passed while its process
+            is gone is marked ``abandoned`` by the next run (``agentlanes runs --repair``
+            does it on demand). Make it longer than your longest stage.
         observer: called with each :class:`StageRecord` when it finishes (progress
             displays, custom metrics); it must not raise.
         tracing: emit OpenTelemetry spans (default on).
@@ -180,6 +185,7 @@ class Lanes:
         session_id: str | None = None,
         call_timeout: float = 120.0,
         cooldown: float = 30.0,
+        run_lease: float = DEFAULT_LEASE,
         stats: ProviderStats | None = None,
         observer: Callable[[StageRecord], None] | None = None,
         tracing: bool = True,
@@ -258,6 +264,15 @@ class Lanes:
         self.findings_source = findings_source
         self.ceilings = _ceilings(ceilings)
         self.binding = binding
+        if (
+            isinstance(run_lease, bool)
+            or not isinstance(run_lease, (int, float))
+            or not 1.0 <= run_lease <= 365 * 86_400
+        ):
+            raise ConfigurationError(
+                f"Lanes(run_lease={run_lease!r}): give the seconds a run's index entry stays 'running' "
+                "without renewal, from 1 to 31536000 (default 600)."
+            )
         self.effects: Effects = effects or LiveEffects(
             signals=self.signals,
             ledger=lambda: self.ledger,
@@ -265,6 +280,7 @@ class Lanes:
             approver=approver,
             signer=lambda: self.signer,
             findings_source=findings_source,
+            run_lease=float(run_lease),
         )
         self.currency = self.bundle.optimizer.budget_policy.currency
 

@@ -320,6 +320,7 @@ class ResourceSignals(BaseModel):
     model_config = ConfigDict(
         strict=True,
         frozen=True,
+        defer_build=True,
         extra="allow",
         alias_generator=to_camel,
         populate_by_name=True,

@@ -33,19 +33,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from random import getrandbits as _getrandbits
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import SpanKind, Status, StatusCode, TraceFlags
 
 from agentlanes import attributes as A
@@ -65,6 +60,16 @@ from agentlanes.events import (
 from agentlanes.result import CheckRecord, RunState, StageRecord
 from agentlanes.tracefile import MARKER, TRACE_SCHEMA_VERSION, RunTraceFile, read_trace, trace_path
 from agentlanes.verifiers import result_body
+
+# The OpenTelemetry SDK (TracerProvider, Resource, the batch processor) is imported when a
+# Telemetry or a TraceProcessor is made, not with this module: `from agentlanes import
+# Router` and the CLI never load it. The API above is all the hot paths use.
+if TYPE_CHECKING:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
+    from agentlanes._exporter import CountingExporter
 
 __all__ = [
     "TRACE_SCHEMA_VERSION",
@@ -106,47 +111,6 @@ class OTLPExport:
     timeout: float = 5.0
 
 
-class CountingExporter(SpanExporter):
-    """Wraps an exporter and counts the spans it could not deliver (the local trace has
-    them regardless); a warning is logged as drops happen (at most every 30 seconds)."""
-
-    def __init__(self, inner: SpanExporter, *, report_every: float = 30.0) -> None:
-        self.inner = inner
-        self.exported = 0
-        self.dropped = 0
-        self._report_every = report_every
-        self._reported_at = -report_every
-        self._reported = 0
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        try:
-            result = self.inner.export(spans)
-        except Exception:  # an exporter must never break the run
-            result = SpanExportResult.FAILURE
-        if result is SpanExportResult.SUCCESS:
-            self.exported += len(spans)
-        else:
-            self.dropped += len(spans)
-            now = time.monotonic()
-            if now - self._reported_at >= self._report_every:
-                from agentlanes.logs import get_logger
-
-                get_logger().warning(
-                    "telemetry.dropped_spans",
-                    dropped=self.dropped,
-                    since_last_report=self.dropped - self._reported,
-                    exported=self.exported,
-                )
-                self._reported_at, self._reported = now, self.dropped
-        return result
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.inner.force_flush(timeout_millis)
-
-
 class Telemetry:
     """The tracer agentlanes emits spans with.
 
@@ -180,6 +144,12 @@ class Telemetry:
         if not enabled:
             self.tracer: trace.Tracer = trace.NoOpTracer()
             return
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        from agentlanes._exporter import CountingExporter
+
         received = tracer_provider is not None  # someone receives the spans
         provider = tracer_provider
         if provider is None:
@@ -234,7 +204,12 @@ class Telemetry:
 
     def local_resource(self) -> Resource:
         """The resource written with spans that only the local record holds."""
-        return self.resource or self._private_resource or Resource.create({})
+        resource = self.resource or self._private_resource
+        if resource is None:
+            from opentelemetry.sdk.resources import Resource
+
+            resource = Resource.create({})
+        return resource
 
     def shutdown_export(self) -> None:
         """Send what is queued and stop exporting (bounded by the export timeout: a
@@ -479,6 +454,9 @@ class TraceProcessor:
         self.record = record
         self.content = content
         self.capture = capture_content
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+
         resource = self.telemetry.local_resource() if self.telemetry is not None else Resource.create({})
         self._local = (resource, InstrumentationScope("agentlanes", None, _SCHEMA_URL))
         self._runs: dict[str, _Open] = {}
@@ -599,6 +577,8 @@ class TraceProcessor:
                 attributes=run_attributes(run),
                 start_time=run.started_ns,
             )
+            from opentelemetry.sdk.trace import ReadableSpan  # loaded: Telemetry imported the SDK
+
             if isinstance(span, ReadableSpan):
                 local = span
             token = otel_context.attach(trace.set_span_in_context(span))
@@ -877,3 +857,13 @@ def _emit_check(sink: Any, check: CheckRecord, parent: Any, at: int) -> int:
     sink.event(span, A.EVENT_EVALUATION_RESULT, event, end)
     sink.end(span, end, "" if result.passed else f"{result.name} failed")
     return end
+
+
+if not TYPE_CHECKING:  # hidden from type checkers, which see the import above
+
+    def __getattr__(name: str) -> Any:
+        if name == "CountingExporter":  # defined beside the SDK it subclasses, loaded on first use
+            from agentlanes._exporter import CountingExporter
+
+            return CountingExporter
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

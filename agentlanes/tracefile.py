@@ -29,14 +29,15 @@ import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from opentelemetry.sdk.trace import ReadableSpan
+from typing import TYPE_CHECKING, Any
 
 from agentlanes import attributes as A
 from agentlanes._otlp import encode_span_line, encode_spans_json
 from agentlanes._private import private_dir
 from agentlanes.errors import ConfigurationError
+
+if TYPE_CHECKING:  # the SDK is loaded only where spans are made (agentlanes.telemetry)
+    from opentelemetry.sdk.trace import ReadableSpan
 
 __all__ = [
     "MARKER",

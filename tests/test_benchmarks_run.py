@@ -103,3 +103,30 @@ def test_compare_measures_both_trees() -> None:
 def test_profile_prints_the_hot_functions() -> None:
     text = bench("--profile", "memory")
     assert "top 25 by own time" in text and "tottime" in text and "agentlanes" in text
+
+
+def test_import_benchmark_measures_every_case_against_its_baselines(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_import.py"), "--smoke", "--json", str(tmp_path / "f.json")],
+        capture_output=True,
+        text=True,
+        timeout=600,  # a guard against a hang, not a speed check
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "target <= 1.5x core deps" in done.stdout
+    figures = json.loads((tmp_path / "f.json").read_text())
+    base = figures["groups"]["baseline"]
+    for name in ("core dependencies", "declared dependencies", "interpreter alone (process)"):
+        assert positive(base[name]["wall_ms"]) and positive(base[name]["cpu_ms"]), name
+    rows = figures["groups"]["this tree"]
+    for name in (
+        "import agentlanes",
+        "from agentlanes import Lanes, Router",
+        "... + Router() + one decision",
+        "Lanes() + a run's first stage",
+        "agentlanes route --batch (process)",
+    ):
+        assert positive(rows[name]["wall_ms"]) and positive(rows[name]["over_core_wall"]), (name, rows[name])
+    assert positive(rows["import agentlanes"]["over_declared_wall"])
+    assert "agentlanes" in figures["loaded"]["this tree"]["agentlanes_modules"]

@@ -588,7 +588,8 @@ class PostgresStore(Store):
         if isinstance(exc, TimeoutError):
             return StoreUnavailable(
                 f"{where} did not answer within {self.timeout:g} s ({what}); {consequence}. Check the database's "
-                "load and reachability, or give PostgresStore a longer timeout."
+                "load and reachability, or give the store a longer timeout (PostgresStore(timeout=...), or "
+                "AGENTLANES_STORE_TIMEOUT)."
             )
         if _is_connection_failure(exc):
             return StoreUnavailable(

@@ -90,10 +90,12 @@ async def test_hostile_index_rows_are_skipped_and_named_and_repair_marks_dead_ru
     assert "damaged run index entr" in listed.stderr and str(home) in listed.stderr
     assert good in listed.stdout and "run-odd" in listed.stdout
 
-    repaired = cli("runs", "--repair", "--json", "--data-dir", str(home))
+    repaired = cli("runs", "--repair", "--data-dir", str(home))
     assert repaired.returncode == 0 and "Traceback" not in repaired.stderr, repaired.stderr
-    assert "marked 2 run(s) abandoned" in repaired.stderr, repaired.stderr
-    status = {r["runId"]: r["status"] for r in json.loads(repaired.stdout)}
+    assert "marked 2 run(s) abandoned" in repaired.stdout, repaired.stdout
+    listed = cli("runs", "--json", "--data-dir", str(home))
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    status = {r["runId"]: r["status"] for r in json.loads(listed.stdout)}
     # a dead owner on this host, and an owner that cannot be a process, past their lease
     assert status["run-dead"] == "abandoned" and status["run-huge-pid"] == "abandoned"
     assert status["run-alive"] == "running" and status[good] == "succeeded"
@@ -158,6 +160,8 @@ def test_every_reading_command_works_on_a_data_directory_it_cannot_write(shared_
         done = cli(*argv, "--data-dir", str(home), nobody=True)
         assert done.returncode == 0 and "Traceback" not in done.stderr, (argv, done.stderr[-2000:])
     # writing is refused with a message, not a traceback
+    done = cli("runs", "--repair", "--data-dir", str(home), nobody=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr and "as its owner" in done.stderr, done.stderr
     done = cli("demo", "--data-dir", str(home), nobody=True)
     assert done.returncode == 1 and "Traceback" not in done.stderr and str(home) in done.stderr, done.stderr
     assert sorted((str(p), p.stat().st_mtime_ns) for p in home.rglob("*")) == before

@@ -161,8 +161,12 @@ async def test_transaction_pooling_takes_the_statement_cache_setting_from_the_en
         monkeypatch.setenv("AGENTLANES_STORE", b.dsn)
         monkeypatch.setenv("AGENTLANES_STORE_SCHEMA", schema)
         monkeypatch.setenv("AGENTLANES_STORE_STATEMENT_CACHE_SIZE", "0")
+        # PgBouncer 1.18 opens its server connections one at a time and, on a loaded
+        # 2-core CI machine, a call once waited over the 5 s default for one: the
+        # timeout is taken from the environment too, like everything an operator sets
+        monkeypatch.setenv("AGENTLANES_STORE_TIMEOUT", "30")
         store = open_store(None, tmp_path)
-        assert isinstance(store, PostgresStore) and store.statement_cache_size == 0
+        assert isinstance(store, PostgresStore) and (store.statement_cache_size, store.timeout) == (0, 30.0)
         ledger = BudgetLedger(store, load_bundle().optimizer)
 
         async def work(i: int) -> None:

@@ -27,6 +27,7 @@ from agentlanes.budget import Refusal, Reservation, WindowSpec
 from agentlanes.errors import ConfigurationError, StoreError, UnsettledCharge
 from agentlanes.ledger import BudgetLedger
 from agentlanes.receipts import ReceiptSigner
+from agentlanes.stores import open_store
 from agentlanes.stores.postgres import MIGRATIONS, PostgresStore, StoreUnavailable
 from agentlanes.testing import TestModel
 from tests.conftest import ROOT, healthy
@@ -304,6 +305,22 @@ async def test_lanes_take_the_store_from_the_environment(schema: str, tmp_path: 
     assert isinstance(lanes.store, PostgresStore)
     assert [r["runId"] for r in await lanes.store.runs()] == [run.run_id]
     await lanes.aclose()
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"), [(None, 5.0), ("12.5", 12.5), ("0", None), ("soon", None), ("nan", None)]
+)
+def test_the_call_timeout_comes_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     value: str | None, seconds: float | None) -> None:
+    monkeypatch.setenv("AGENTLANES_STORE", PG_DSN)
+    if value is not None:
+        monkeypatch.setenv("AGENTLANES_STORE_TIMEOUT", value)
+    if seconds is None:
+        with pytest.raises(ConfigurationError, match=rf"AGENTLANES_STORE_TIMEOUT='{value}' is not a number of seconds"):
+            open_store(None, tmp_path)
+    else:
+        store = open_store(None, tmp_path)
+        assert isinstance(store, PostgresStore) and store.timeout == seconds
 
 
 async def test_a_settlement_cut_off_is_journaled_and_applied_once_when_the_database_returns(
