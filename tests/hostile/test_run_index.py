@@ -83,7 +83,9 @@ async def test_hostile_index_rows_are_skipped_and_named_and_repair_marks_dead_ru
     ]
     with sqlite3.connect(home / "agentlanes.db") as db:
         for i, row in enumerate(rows):
-            db.execute("INSERT INTO runs VALUES (?, ?, ?)", (f"row-{i}", 100 + i, row))
+            prefix = '{"runId": "'  # the table is keyed by the entry's own run id, as the store writes it
+            key = row[len(prefix) :].split('"')[0] if isinstance(row, str) and row.startswith(prefix) else ""
+            db.execute("INSERT INTO runs VALUES (?, ?, ?)", (key or f"row-{i}", 100 + i, row))
 
     listed = cli("runs", "--data-dir", str(home))
     assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
