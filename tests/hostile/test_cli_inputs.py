@@ -397,3 +397,17 @@ def test_garbage_key_files(world: dict[str, str], tmp_path: Path, key: str, cont
 def test_odd_arguments(world: dict[str, str], argv: list[str], names: str) -> None:
     done = cli(*expand(argv, world, ""), "--data-dir", world["home"])
     failed_cleanly(done, names.format(**world).split(":")[-1] if names.startswith("json:") else names.format(**world))
+
+
+@pytest.mark.parametrize("command", [["validate"], ["demo", "--models"]])
+def test_a_broken_models_file_is_called_a_models_file(tmp_path: Path, command: list[str]) -> None:
+    for name, data in (("binary.toml", b"\x80\xff\n"), ("huge.toml", None)):
+        path = tmp_path / name
+        if data is None:
+            with open(path, "wb") as f:
+                f.truncate(5 << 20)
+        else:
+            path.write_bytes(data)
+        done = cli(*command, str(path), *(["--data-dir", str(tmp_path / "d")] if command[0] == "demo" else []))
+        failed_cleanly(done, str(path))
+        assert "models file" in done.stderr and "OTLP" not in done.stderr and "trace" not in done.stderr, done.stderr
