@@ -411,3 +411,26 @@ def test_a_broken_models_file_is_called_a_models_file(tmp_path: Path, command: l
         done = cli(*command, str(path), *(["--data-dir", str(tmp_path / "d")] if command[0] == "demo" else []))
         failed_cleanly(done, str(path))
         assert "models file" in done.stderr and "OTLP" not in done.stderr and "trace" not in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("AGENTLANES_MAX_TRACE_BYTES", "abc"),
+        ("AGENTLANES_MAX_TRACE_BYTES", "-1"),
+        ("AGENTLANES_MAX_TRACE_BYTES", "9" * 400),
+        ("AGENTLANES_STORE_DURABILITY", "sometimes"),
+        ("AGENTLANES_STORE_STATEMENT_CACHE_SIZE", "-1"),
+    ],
+)
+def test_a_bad_environment_setting(world: dict[str, str], variable: str, value: str) -> None:
+    """A bad setting is named when it is used; importing agentlanes never fails on it."""
+    reader = ["show", world["run"]] if "TRACE" in variable else ["runs"]
+    done = cli(
+        *reader,
+        "--data-dir",
+        world["home"],
+        env={variable: value, "AGENTLANES_STORE": ("postgresql://127.0.0.1:1/none" if "STATEMENT" in variable else "")},
+    )
+    failed_cleanly(done, variable)
+    assert value[:40] in done.stderr
