@@ -65,6 +65,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import hashlib
 import pickle
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from datetime import timedelta
@@ -500,7 +501,7 @@ class TemporalEffects(Effects):
 
     def __init__(self, owner: LaneWorkflow, timeouts: ActivityTimeouts, call_timeout: float) -> None:
         self._owner = owner
-        self._t = timeouts
+        self._seq = 0
         retry = TemporalRetry(maximum_attempts=timeouts.attempts)
         self._store = {"start_to_close_timeout": timedelta(seconds=timeouts.store), "retry_policy": retry}
         request = timeouts.request if timeouts.request is not None else call_timeout + 30.0
@@ -516,9 +517,14 @@ class TemporalEffects(Effects):
             "retry_policy": retry,
         }
 
-    async def _do(self, name: str, args: Sequence[Any], options: Mapping[str, Any]) -> Any:
+    async def _do(self, name: str, args: Sequence[Any], options: Mapping[str, Any], key: str) -> Any:
+        # The activity id names what the workflow decided (the stage, the lane, the
+        # amount, the model...): a replay whose code or routing decides otherwise
+        # schedules another id, which Temporal reports as nondeterminism.
+        self._seq += 1
+        activity_id = f"{self._seq}:{name.removeprefix('agentlanes.')}:{key}"[:400]
         try:
-            return await workflow.execute_activity(name, args=list(args), **options)
+            return await workflow.execute_activity(name, args=list(args), activity_id=activity_id, **options)
         except ActivityError as exc:
             raise _unwrap(exc) from None
 
@@ -527,13 +533,13 @@ class TemporalEffects(Effects):
         return False
 
     async def start_run(self, run: RunState, entry: Mapping[str, Any]) -> None:
-        await self._do("agentlanes.start_run", [_run_json(run), dict(entry)], self._store)
+        await self._do("agentlanes.start_run", [_run_json(run), dict(entry)], self._store, run.task_class)
 
     async def end_run(self, run: RunState, entry: Mapping[str, Any]) -> None:
-        await self._do("agentlanes.end_run", [_run_json(run), dict(entry)], self._store)
+        await self._do("agentlanes.end_run", [_run_json(run), dict(entry)], self._store, run.status)
 
     async def route_inputs(self, run: RunState, record: StageRecord) -> RouteInputs:
-        got = await self._do("agentlanes.route_inputs", [_run_json(run)], self._store)
+        got = await self._do("agentlanes.route_inputs", [_run_json(run)], self._store, record.key)
         premium = got["premium"]
         return RouteInputs(
             SignalSnapshot(got["signals"]),
@@ -545,16 +551,18 @@ class TemporalEffects(Effects):
         )
 
     async def reserve(self, run: RunState, record: StageRecord, lane: str, amount: int) -> Reservation | Refusal:
-        got = await self._do("agentlanes.reserve", [_run_json(run), lane, amount], self._store)
+        got = await self._do("agentlanes.reserve", [_run_json(run), lane, amount], self._store, f"{lane}:{amount}")
         if "refusal" in got:
             return Refusal(*got["refusal"])
         return _reservation(got["reservation"])
 
     async def settle(self, held: Reservation, actual: int) -> int:
-        return int(await self._do("agentlanes.settle", [_reservation_json(held), actual], self._store))
+        return int(
+            await self._do("agentlanes.settle", [_reservation_json(held), actual], self._store, f"{held.lane}:{actual}")
+        )
 
     async def release(self, held: Reservation) -> None:
-        await self._do("agentlanes.release", [_reservation_json(held)], self._store)
+        await self._do("agentlanes.release", [_reservation_json(held)], self._store, held.lane)
 
     async def request(self, call: Call) -> ModelResponse:
         model = call.model
@@ -564,6 +572,9 @@ class TemporalEffects(Effects):
             "agentlanes.request",
             [model.lane, model.index, [_message_json(m) for m in call.messages], _settings_json(call.settings)],
             self._request,
+            # the prompt's plain digest (its text is in the activity's input anyway):
+            # the same under any content key
+            f"{model.lane}:{model.name}:{hashlib.sha256(call.prompt_text.encode()).hexdigest()[:16]}",
         )
         return _response(got)
 
@@ -583,18 +594,25 @@ class TemporalEffects(Effects):
             "agentlanes.verify",
             [_pickled(verifier), _pickled(subject), context.max_log_lines, dict(context.variables)],
             self._work,
+            f"{record.key}:{verifier.name}",
         )
         result: VerifierResult = _unpickled(got)
         return result
 
     async def tool(self, run: RunState, record: StageRecord, name: str, fn: Callable[[Any], Any], subject: Any) -> Any:
-        return _unpickled(await self._do("agentlanes.tool", [_pickled(fn), _pickled(subject)], self._work))
+        return _unpickled(await self._do("agentlanes.tool", [_pickled(fn), _pickled(subject)], self._work, name))
 
     async def approve(self, run: RunState, record: StageRecord, request: ApprovalRequest) -> Approval | None:
         return await self._owner._wait_for_approval(request)
 
     async def append_receipt(self, run: RunState, record: StageRecord, body: dict[str, Any]) -> Receipt:
-        return Receipt.from_text(await self._do("agentlanes.append_receipt", [_run_json(run), body], self._store))
+        text = await self._do(
+            "agentlanes.append_receipt",
+            [_run_json(run), body],
+            self._store,
+            f"{body.get('toLane')}:{str(body.get('decisionId', ''))[-16:]}",
+        )
+        return Receipt.from_text(text)
 
     async def sleep(self, seconds: float) -> None:
         await workflow.sleep(seconds)
@@ -831,7 +849,8 @@ class AgentLanesPlugin(SimplePlugin):
         approval_timeout: seconds a workflow waits for the ``approve`` signal before
             the escalation is denied.
         tracing: add ``temporalio.contrib.opentelemetry.TracingInterceptor`` (to the
-            client and the worker) and a span per stage.
+            client and the worker) and a span per stage; ``True`` uses the global
+            tracer provider, or pass an OpenTelemetry ``Tracer``.
         session_id: the key of the ``session`` budget window for these workers' runs
             (default: ``temporal``; the same for every worker).
     """
@@ -843,7 +862,7 @@ class AgentLanesPlugin(SimplePlugin):
         loops: Mapping[str, Callable[..., Awaitable[Any]]],
         timeouts: ActivityTimeouts | None = None,
         approval_timeout: float = 24 * 3600.0,
-        tracing: bool = False,
+        tracing: bool | Any = False,
         session_id: str = "temporal",
     ) -> None:
         if not isinstance(lanes, Lanes):
@@ -859,7 +878,7 @@ class AgentLanesPlugin(SimplePlugin):
             loops=dict(loops),
             timeouts=timeouts or ActivityTimeouts(),
             approval_timeout=approval_timeout,
-            tracing=tracing,
+            tracing=tracing is not False,
             session_id=session_id,
         )
         lanes.hasher  # noqa: B018 - loads (or creates) the content key here, never inside a workflow
@@ -867,7 +886,7 @@ class AgentLanesPlugin(SimplePlugin):
         if tracing:
             from temporalio.contrib.opentelemetry import TracingInterceptor
 
-            interceptors.append(TracingInterceptor())
+            interceptors.append(TracingInterceptor() if tracing is True else TracingInterceptor(tracing))
         super().__init__(
             "agentlanes.AgentLanesPlugin",
             activities=self.activities_of.all(),

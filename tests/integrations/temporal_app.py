@@ -9,14 +9,16 @@ ADDRESS QUEUE DSN SCHEMA HOME``), for the test that kills one mid-stage.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +47,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@asynccontextmanager
-async def dev_server() -> AsyncIterator[str]:
-    """``temporal server start-dev`` on 127.0.0.1 (in memory, no UI); yields its address."""
+@contextmanager
+def dev_server() -> Iterator[str]:
+    """``temporal server start-dev`` on 127.0.0.1 (in memory, no UI, time skipping
+    allowed); yields its address."""
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -68,13 +71,14 @@ async def dev_server() -> AsyncIterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        for _ in range(300):
+        for _ in range(600):
             try:
-                _, w = await asyncio.open_connection("127.0.0.1", port)
-                w.close()
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
-                await asyncio.sleep(0.05)
+                if proc.poll() is not None:
+                    raise RuntimeError(f"the temporal dev server exited with status {proc.returncode}") from None
+                time.sleep(0.05)
         yield f"127.0.0.1:{port}"
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -179,7 +183,7 @@ async def _worker(address: str, queue: str, dsn: str, schema: str, home: str, bl
         lanes.models["high-end"] = (FunctionModel(hang, name="big-1"),)
     plugin = AgentLanesPlugin(lanes, loops=LOOPS, timeouts=ActivityTimeouts(heartbeat=1.5, store=10.0))
     client = await Client.connect(address, plugins=[plugin])
-    async with Worker(client, task_queue=queue, sticky_queue_schedule_to_start_timeout=__import__("datetime").timedelta(seconds=1)):
+    async with Worker(client, task_queue=queue, sticky_queue_schedule_to_start_timeout=timedelta(seconds=1)):
         print("ready", flush=True)
         await asyncio.Event().wait()
 
