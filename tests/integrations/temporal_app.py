@@ -152,9 +152,10 @@ async def fix(lanes: Lanes, task: str) -> dict[str, Any]:
 
 
 async def debug(lanes: Lanes, task: str) -> dict[str, Any]:
-    """A task class that needs a human justification: its high-end stage waits for one."""
+    """A task class that needs a human justification: after two failed checks on
+    standard, its escalation to high-end waits for one."""
     async with lanes.run(task_class="hard-debugging") as run:
-        patch = await run.stage("execution", execute, task)
+        patch = await run.stage_with("execution", execute, [task], verify=[CallableVerifier(is_right)])
         return {"patch": patch, "runId": run.run_id}
 
 
