@@ -171,7 +171,7 @@ def _pickled(value: Any) -> str:
 
 def _unpickled(text: str) -> Any:
     with workflow.unsafe.imports_passed_through():
-        return pickle.loads(base64.b64decode(text))  # noqa: S301 - written by this namespace's own workflows
+        return pickle.loads(base64.b64decode(text))
 
 
 def _tool_calls(calls: Sequence[ToolCall]) -> list[list[str]]:
@@ -241,7 +241,13 @@ def _response(d: Mapping[str, Any]) -> ModelResponse:
 
 
 def _reservation_json(r: Reservation) -> dict[str, Any]:
-    return {"id": r.id, "lane": r.lane, "amount": r.amount, "windows": [list(w) for w in r.windows], "expires": r.expires_at}
+    return {
+        "id": r.id,
+        "lane": r.lane,
+        "amount": r.amount,
+        "windows": [list(w) for w in r.windows],
+        "expires": r.expires_at,
+    }
 
 
 def _reservation(d: Mapping[str, Any]) -> Reservation:
@@ -578,7 +584,7 @@ class TemporalEffects(Effects):
         )
         return _response(got)
 
-    async def stream(self, call: Call) -> AsyncIterator[Any]:  # type: ignore[override]
+    async def stream(self, call: Call) -> AsyncIterator[Any]:
         # One activity answers the whole reply; it is then handed over as a stream.
         response = await self.request(call)
         if response.text:
@@ -830,8 +836,17 @@ def _restrictions() -> SandboxRestrictions:
     # engine does no I/O but through the effects, and the plugin's registry must be the
     # one module the worker registered it in.
     return SandboxRestrictions.default.with_passthrough_modules(
-        "agentlanes", "anyio", "sniffio", "tenacity", "pydantic", "pydantic_core", "structlog", "opentelemetry",
-        "cryptography", "jsonschema", "orjson",
+        "agentlanes",
+        "anyio",
+        "sniffio",
+        "tenacity",
+        "pydantic",
+        "pydantic_core",
+        "structlog",
+        "opentelemetry",
+        "cryptography",
+        "jsonschema",
+        "orjson",
     )
 
 

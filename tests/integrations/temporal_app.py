@@ -9,7 +9,6 @@ ADDRESS QUEUE DSN SCHEMA HOME``), for the test that kills one mid-stage.
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 import os
 import shutil
 import signal
@@ -19,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 

@@ -89,7 +89,7 @@ def test_the_plugin_refuses_what_it_cannot_run(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="'fix' maps to 3"):
         AgentLanesPlugin(lanes_for(tmp_path), loops={"fix": 3})  # type: ignore[dict-item]
     with pytest.raises(ConfigurationError, match="findings_source"):
-        AgentLanesPlugin(lanes_for(tmp_path, findings_source=lambda: {}), loops=LOOPS)
+        AgentLanesPlugin(lanes_for(tmp_path, findings_source=dict), loops=LOOPS)
 
 
 # ------------------------------------------------------------------ exactly once

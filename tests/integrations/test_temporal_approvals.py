@@ -58,7 +58,9 @@ async def test_an_approved_escalation_names_its_approver_in_the_receipt(
     lanes, running, q = worker(env, tmp_path)
     client = env.client
     async with running:
-        handle = await client.start_workflow(LaneWorkflow.run, LoopInput("debug", ["flaky"]), id=f"ok-{q}", task_queue=q)
+        handle = await client.start_workflow(
+            LaneWorkflow.run, LoopInput("debug", ["flaky"]), id=f"ok-{q}", task_queue=q
+        )
         [asked] = await pending(handle)
         assert (asked["taskClass"], asked["toLane"], asked["stage"]) == ("hard-debugging", "high-end", "execution")
         await handle.signal("approve", {"approver": "alice", "approved": True, "justification": "prod is down"})
@@ -75,7 +77,9 @@ async def test_an_approved_escalation_names_its_approver_in_the_receipt(
     assert "prod is down" not in receipt.text
 
 
-async def test_a_denied_escalation_fails_the_run_and_writes_no_receipt(env: WorkflowEnvironment, tmp_path: Path) -> None:
+async def test_a_denied_escalation_fails_the_run_and_writes_no_receipt(
+    env: WorkflowEnvironment, tmp_path: Path
+) -> None:
     lanes, running, q = worker(env, tmp_path)
     client = env.client
     async with running:

@@ -36,7 +36,18 @@ async def schema() -> AsyncIterator[str]:
 
 async def start_worker(address: str, queue: str, schema: str, home: Path, mode: str) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.integrations.temporal_app", "worker", address, queue, PG_DSN, schema, str(home), mode],
+        [
+            sys.executable,
+            "-m",
+            "tests.integrations.temporal_app",
+            "worker",
+            address,
+            queue,
+            PG_DSN,
+            schema,
+            str(home),
+            mode,
+        ],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,
