@@ -67,8 +67,9 @@ import base64
 import dataclasses
 import hashlib
 import pickle
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +91,11 @@ with workflow.unsafe.imports_passed_through():
     # workflow's sandbox (where its thread classes are restricted): import it here.
     import anyio._backends._asyncio  # noqa: F401
 
+    from agentlanes._runindex import repair
     from agentlanes.approval import Approval, ApprovalRequest
     from agentlanes.budget import Refusal, Reservation, WindowSpec
     from agentlanes.effects import Call, Effects, LiveEffects, RouteInputs
-    from agentlanes.errors import AgentLanesError, ConfigurationError, StoreError, UnsettledCharge
+    from agentlanes.errors import AgentLanesError, ConfigurationError, RunError, StoreError, UnsettledCharge
     from agentlanes.events import RunEnded, StageEnded
     from agentlanes.models.base import (
         Message,
@@ -116,6 +118,7 @@ with workflow.unsafe.imports_passed_through():
     from agentlanes.verifiers import Verifier, VerifierResult, VerifyContext
 
 __all__ = [
+    "ActivityFailed",
     "ActivityTimeouts",
     "AgentLanesPlugin",
     "LaneWorkflow",
@@ -320,7 +323,18 @@ def _unwrap(exc: ActivityError) -> BaseException:
         )
     if cause.type == "ConfigurationError":
         return ConfigurationError(cause.message)
-    return StoreError(f"{cause.type}: {cause.message}")
+    if cause.type in ("StoreError", "StoreUnavailable"):
+        return StoreError(cause.message)
+    return ActivityFailed(cause.message, cause.type or "Exception")
+
+
+class ActivityFailed(RunError):
+    """A verifier or tool raised on the worker: the stage fails as it would in-process
+    (its record names the original exception's type)."""
+
+    def __init__(self, message: str, recorded_type: str) -> None:
+        super().__init__(f"{recorded_type}: {message}")
+        self.recorded_type = recorded_type
 
 
 # ---------------------------------------------------------------- the worker's side: activities
@@ -348,7 +362,7 @@ class _Heartbeat:
 class _Activities:
     """The effects done for real, as activities of the worker's :class:`Lanes`."""
 
-    def __init__(self, lanes: Lanes, heartbeat: float) -> None:
+    def __init__(self, lanes: Lanes, heartbeat: float, approval_timeout: float) -> None:
         if not isinstance(lanes.effects, LiveEffects):
             raise ConfigurationError(
                 f"AgentLanesPlugin needs Lanes whose effects are done for real (LiveEffects), not "
@@ -362,6 +376,9 @@ class _Activities:
         self.lanes = lanes
         self.live: LiveEffects = lanes.effects
         self.beat = heartbeat / 3
+        self.lease = self.live.run_lease + approval_timeout
+        self._repaired = False
+        self._renew_at: dict[str, float] = {}
 
     def all(self) -> list[Callable[..., Any]]:
         return [
@@ -377,10 +394,28 @@ class _Activities:
             self.append_receipt,
         ]
 
+    def _lease(self) -> dict[str, Any]:
+        """The run's owner is its workflow, wherever it runs now; its lease covers an
+        approval's wait (a workflow gone for longer is marked abandoned)."""
+        info = activity.info()
+        until = datetime.fromtimestamp(time.time() + self.lease, UTC).isoformat().replace("+00:00", "Z")
+        return {
+            "owner": {
+                "host": f"temporal:{info.workflow_namespace}",
+                "workflowId": info.workflow_id,
+                "workflowRunId": info.workflow_run_id,
+            },
+            "leaseUntil": until,
+        }
+
     @activity.defn(name="agentlanes.start_run")
     async def start_run(self, run: dict[str, Any], entry: dict[str, Any]) -> None:
+        store = self.lanes.store
         try:
-            await self.live.start_run(_run_stub(run), entry)
+            if not self._repaired:  # runs a dead process left running (as LiveEffects does)
+                self._repaired = True
+                await repair(store)
+            await store.record_run({**entry, **self._lease()})
         except (StoreError, ConfigurationError) as exc:
             raise _failure(exc) from exc
 
@@ -398,6 +433,12 @@ class _Activities:
     @activity.defn(name="agentlanes.route_inputs")
     async def route_inputs(self, run: dict[str, Any]) -> dict[str, Any]:
         try:
+            renew = self._renew_at.get(run["runId"], 0.0)
+            if time.monotonic() >= renew:  # at most once per half lease, per worker
+                self._renew_at[run["runId"]] = time.monotonic() + self.live.run_lease / 2
+                if len(self._renew_at) > 4096:
+                    self._renew_at.clear()
+                await self.lanes.store.record_run({"runId": run["runId"], "leaseUntil": self._lease()["leaseUntil"]})
             signals = await self.lanes.signals.snapshot()
             remaining, premium = await self.lanes.ledger.headroom(run["runId"], "task")
         except (StoreError, ConfigurationError) as exc:
@@ -455,12 +496,22 @@ class _Activities:
     @activity.defn(name="agentlanes.verify")
     async def verify(self, verifier: str, subject: str, max_log_lines: int, variables: dict[str, str]) -> str:
         v = _unpickled(verifier)
-        result = await _Heartbeat(self.beat).run(v.verify(_unpickled(subject), VerifyContext(max_log_lines, variables)))
+        try:
+            result = await _Heartbeat(self.beat).run(
+                v.verify(_unpickled(subject), VerifyContext(max_log_lines, variables))
+            )
+        except Exception as exc:  # the stage fails, as in-process: not retried by Temporal
+            raise _failure(exc) from exc
         return _pickled(result)
 
     @activity.defn(name="agentlanes.tool")
     async def tool(self, fn: str, subject: str) -> str:
-        out = await _Heartbeat(self.beat).run(self.live.tool(None, None, "", _unpickled(fn), _unpickled(subject)))  # type: ignore[arg-type]
+        try:
+            out = await _Heartbeat(self.beat).run(
+                self.live.tool(None, None, "", _unpickled(fn), _unpickled(subject))  # type: ignore[arg-type]
+            )
+        except Exception as exc:
+            raise _failure(exc) from exc
         return _pickled(out)
 
     @activity.defn(name="agentlanes.append_receipt")
@@ -469,13 +520,13 @@ class _Activities:
         try:
             # A retried append (its worker died after the store wrote it) finds the
             # receipt of the same decision in the chain and returns it.
+            # (A decision owes at most one receipt; its id digests the whole decision.)
             for stored in await store.receipts(run["runId"]):
-                existing = Receipt.from_text(stored.text)
+                existing = Receipt.from_text(stored.text).body
                 if (
-                    existing.body.get("decisionId") == body.get("decisionId")
-                    and existing.body.get("stage") == body.get("stage")
-                    and existing.kind == Receipt.from_text(stored.text).kind
-                    and "decisionId" in existing.body
+                    existing.get("kind") == body.get("kind")
+                    and existing.get("decisionId") == body.get("decisionId")
+                    and existing.get("stage") == body.get("stage")
                 ):
                     return stored.text
             receipt = await self.live.append_receipt(_run_stub(run), None, dict(body))  # type: ignore[arg-type]
@@ -887,7 +938,7 @@ class AgentLanesPlugin(SimplePlugin):
                 raise ConfigurationError(f"AgentLanesPlugin(loops=...): {name!r} maps to {fn!r}, not a function.")
         if approval_timeout <= 0:
             raise ConfigurationError(f"approval_timeout must be a positive number of seconds, got {approval_timeout}.")
-        self.activities_of = _Activities(lanes, (timeouts or ActivityTimeouts()).heartbeat)
+        self.activities_of = _Activities(lanes, (timeouts or ActivityTimeouts()).heartbeat, approval_timeout)
         self.config = _Config(
             lanes=lanes,
             loops=dict(loops),

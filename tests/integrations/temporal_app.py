@@ -159,7 +159,28 @@ async def debug(lanes: Lanes, task: str) -> dict[str, Any]:
         return {"patch": patch, "runId": run.run_id}
 
 
-LOOPS = {"fix": fix, "debug": debug}
+def word_count(text: str) -> dict[str, int]:
+    return {"words": len(text.split())}
+
+
+def explode(subject: Any) -> Any:
+    raise KeyError("no such file")
+
+
+async def count_words(ctx: Any, task: str) -> dict[str, int]:
+    counted: dict[str, int] = await ctx.tool(word_count, task)
+    return counted
+
+
+async def tools(lanes: Lanes, task: str, broken: bool = False) -> Any:
+    """Tools run on the worker: ``ctx.tool`` inside a stage, and a stage's ``tool=``."""
+    async with lanes.run(task_class="routine-code") as run:
+        counted = await run.stage("execution", count_words, task)
+        await run.stage_with("execution", plan, [task], name="planned", tool=explode if broken else word_count)
+        return counted
+
+
+LOOPS = {"fix": fix, "debug": debug, "tools": tools}
 
 
 # ------------------------------------------------------------------ a worker process

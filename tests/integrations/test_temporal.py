@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 from temporalio.worker import Worker
 from temporalio.workflow import NondeterminismError
@@ -80,7 +81,34 @@ async def test_an_unknown_loop_fails_the_workflow_with_the_names_it_knows(
         with pytest.raises(WorkflowFailureError) as caught:
             await run_loop(client, "nope", id=f"nope-{q}", task_queue=q)
     assert "No loop named 'nope'" in str(caught.value.cause)
-    assert "debug, fix" in str(caught.value.cause)
+    assert "debug, fix, tools" in str(caught.value.cause)
+
+
+async def test_tools_run_on_the_worker_and_a_raising_tool_fails_the_run_as_in_process(
+    temporal_address: str, tmp_path: Path
+) -> None:
+    lanes = lanes_for(tmp_path)
+    plugin = AgentLanesPlugin(lanes, loops=LOOPS)
+    client = await Client.connect(temporal_address, plugins=[plugin])
+    q = queue()
+    async with Worker(client, task_queue=q):
+        summary = await run_loop(client, "tools", "three small words", id=f"tools-{q}", task_queue=q)
+        with pytest.raises(WorkflowFailureError) as caught:
+            await run_loop(client, "tools", "x", True, id=f"broken-{q}", task_queue=q)
+    assert summary["output"] == {"words": 3}
+    assert [(s["name"], s["status"]) for s in summary["runs"][0]["stages"]] == [
+        ("execution", "succeeded"),
+        ("planned", "succeeded"),
+    ]
+    cause = caught.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ActivityFailed"
+    assert "KeyError: 'no such file'" in cause.message
+    entries = {e["runId"]: e for e in await lanes.store.runs()}
+    assert sorted(e["status"] for e in entries.values()) == ["failed", "succeeded"]
+    failed = next(e for e in entries.values() if e["status"] == "failed")
+    # the run index names the workflow as the run's owner, not a worker process
+    assert failed["owner"]["host"] == "temporal:default"
+    assert failed["owner"]["workflowId"] == f"broken-{q}"
 
 
 def test_the_plugin_refuses_what_it_cannot_run(tmp_path: Path) -> None:
