@@ -7,9 +7,10 @@ double on every lane:
 1. **Overhead per stage**: a loop of N ``execution`` stages (one model call each) run
    in-process (``Lanes`` with ``LiveEffects``: the baseline, same run), then as one
    workflow on one in-process worker; the per-stage wall time of each, the difference
-   and the ratio. Each stage as a workflow is six activities (signals and headroom,
-   reserve, request, settle, and the verification sub-stage's headroom and verifier...
-   here: route, reserve, request, settle) and their workflow tasks.
+   and the ratio. Each stage as a workflow is four activities (signals and headroom,
+   reserve, request and settle here: the request an ordinary activity, the other three
+   local activities by default) and its workflow tasks; the same with every effect an
+   ordinary activity (``ActivityTimeouts(local_store=False)``) is reported beside it.
 2. **Throughput**: W workflows of N stages each started at once, served by 1 and by 4
    worker processes; stages per second, and the in-process figure (W runs at once in
    one process) as the baseline.
@@ -123,14 +124,14 @@ async def in_process(home: Path, n: int, concurrent: int) -> float:
     return took
 
 
-async def one_workflow(address: str, home: Path, n: int) -> float:
+async def one_workflow(address: str, home: Path, n: int, local_store: bool) -> float:
     from temporalio.client import Client
     from temporalio.worker import Worker
 
-    from agentlanes.integrations.temporal import AgentLanesPlugin, run_loop
+    from agentlanes.integrations.temporal import ActivityTimeouts, AgentLanesPlugin, run_loop
 
     lanes = worker_lanes(home)
-    plugin = AgentLanesPlugin(lanes, loops={"stages": stages})
+    plugin = AgentLanesPlugin(lanes, loops={"stages": stages}, timeouts=ActivityTimeouts(local_store=local_store))
     client = await Client.connect(address, plugins=[plugin])
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     async with Worker(client, task_queue=queue):
@@ -193,7 +194,8 @@ async def measure(n: int, concurrent: int) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             home = Path(tmp)
             local = await in_process(home / "local", n, 1)
-            workflow = await one_workflow(address, home / "workflow", n)
+            workflow = await one_workflow(address, home / "workflow", n, True)
+            remote = await one_workflow(address, home / "remote", n, False)
             local_many = await in_process(home / "local-many", n, concurrent)
             one = await many_workflows(address, home / "w1", 1, n, concurrent)
             four = await many_workflows(address, home / "w4", 4, n, concurrent)
@@ -209,6 +211,8 @@ async def measure(n: int, concurrent: int) -> dict[str, Any]:
             "workflow_stage_ms": workflow / n * 1e3,
             "added_ms": (workflow - local) / n * 1e3,
             "ratio": workflow / local,
+            "remote_store_stage_ms": remote / n * 1e3,
+            "remote_store_ratio": remote / local,
         },
         "throughput": {
             "in_process_stages_per_s": total / local_many,
@@ -237,6 +241,10 @@ def main() -> None:
     print("1. Overhead per stage (one model call), same run")
     print(f"   in-process      {o['in_process_stage_ms']:8.2f} ms per stage   (baseline)")
     print(f"   as a workflow   {o['workflow_stage_ms']:8.2f} ms per stage   {o['ratio']:.1f}x, +{o['added_ms']:.2f} ms")
+    print(
+        f"   store operations as ordinary activities (local_store=False) {o['remote_store_stage_ms']:8.2f} ms per "
+        f"stage   {o['remote_store_ratio']:.1f}x"
+    )
     print("2. Throughput, stages/s")
     print(f"   in-process ({concurrent} runs at once)  {t['in_process_stages_per_s']:8.1f}   (baseline)")
     print(f"   1 worker process          {t['1_worker_stages_per_s']:8.1f}")

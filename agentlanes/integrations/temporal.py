@@ -145,9 +145,15 @@ class ActivityTimeouts:
         attempts: how many times Temporal tries an activity whose worker was lost or
             timed out (a provider's error is never retried here: agentlanes' own retry
             policy decides that).
+        local_store: run the budget, receipt, signal and run-index activities as
+            *local* activities (in the worker that runs the workflow's task, recorded
+            in its history as markers: no round trip through the server per
+            operation). Their exactly-once keys are the same; model requests,
+            verifiers and tools stay ordinary activities either way.
     """
 
     store: float = 30.0
+    local_store: bool = True
     request: float | None = None
     work: float = 600.0
     heartbeat: float = 10.0
@@ -165,11 +171,18 @@ class LoopInput:
 # ---------------------------------------------------------------- value codecs (JSON in history)
 
 
-def _pickled(value: Any) -> str:
+def _pickled(value: Any, what: str = "value") -> str:
     # pickle imports the modules it names; inside a workflow they are passed through
     # (the real modules, as the activity worker will import them)
     with workflow.unsafe.imports_passed_through():
-        return base64.b64encode(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii")
+        try:
+            return base64.b64encode(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii")
+        except (pickle.PicklingError, AttributeError, TypeError) as exc:
+            raise ConfigurationError(
+                f"A workflow's {what} runs on a worker, which finds it by name, and {value!r:.120} cannot be "
+                f"sent there ({exc}); use a function defined at a module's top level (not a lambda or a "
+                "nested function) and values that pickle."
+            ) from None
 
 
 def _unpickled(text: str) -> Any:
@@ -559,6 +572,7 @@ class TemporalEffects(Effects):
     def __init__(self, owner: LaneWorkflow, timeouts: ActivityTimeouts, call_timeout: float) -> None:
         self._owner = owner
         self._seq = 0
+        self._local = timeouts.local_store
         retry = TemporalRetry(maximum_attempts=timeouts.attempts)
         self._store = {"start_to_close_timeout": timedelta(seconds=timeouts.store), "retry_policy": retry}
         request = timeouts.request if timeouts.request is not None else call_timeout + 30.0
@@ -581,6 +595,8 @@ class TemporalEffects(Effects):
         self._seq += 1
         activity_id = f"{self._seq}:{name.removeprefix('agentlanes.')}:{key}"[:400]
         try:
+            if options is self._store and self._local:
+                return await workflow.execute_local_activity(name, args=list(args), activity_id=activity_id, **options)
             return await workflow.execute_activity(name, args=list(args), activity_id=activity_id, **options)
         except ActivityError as exc:
             raise _unwrap(exc) from None
@@ -649,7 +665,7 @@ class TemporalEffects(Effects):
     ) -> VerifierResult:
         got = await self._do(
             "agentlanes.verify",
-            [_pickled(verifier), _pickled(subject), context.max_log_lines, dict(context.variables)],
+            [_pickled(verifier, "verifier"), _pickled(subject), context.max_log_lines, dict(context.variables)],
             self._work,
             f"{record.key}:{verifier.name}",
         )
@@ -657,7 +673,9 @@ class TemporalEffects(Effects):
         return result
 
     async def tool(self, run: RunState, record: StageRecord, name: str, fn: Callable[[Any], Any], subject: Any) -> Any:
-        return _unpickled(await self._do("agentlanes.tool", [_pickled(fn), _pickled(subject)], self._work, name))
+        return _unpickled(
+            await self._do("agentlanes.tool", [_pickled(fn, "tool"), _pickled(subject)], self._work, name)
+        )
 
     async def approve(self, run: RunState, record: StageRecord, request: ApprovalRequest) -> Approval | None:
         return await self._owner._wait_for_approval(request)

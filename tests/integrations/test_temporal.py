@@ -173,11 +173,15 @@ async def _history(temporal_address: str, tmp_path: Path) -> Any:
     return await client.get_workflow_handle(f"replay-{q}").fetch_history()
 
 
+def always(subject: Any) -> bool:
+    return True
+
+
 async def reordered(lanes: Lanes, task: str) -> dict[str, Any]:
     """``fix`` with its verification stage before execution."""
     async with lanes.run(task_class="routine-code") as run:
         planned = await run.stage("planning", plan, task)
-        await run.verify(planned, [CallableVerifier(lambda s: True)], name="final-check")
+        await run.verify(planned, [CallableVerifier(always)], name="final-check")
         patch = await run.stage_with("execution", execute, [planned], verify=[CallableVerifier(is_right)])
         return {"patch": patch, "verified": True, "runId": run.run_id}
 
