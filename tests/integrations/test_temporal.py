@@ -16,6 +16,7 @@ from temporalio.worker import Worker
 from temporalio.workflow import NondeterminismError
 
 from agentlanes.budget import to_micro
+from agentlanes.demo import PROJECT, demo_chain, demo_lanes
 from agentlanes.errors import ConfigurationError
 from agentlanes.integrations.temporal import AgentLanesPlugin, LaneWorkflow, LoopInput, replayer, run_loop
 from agentlanes.receipts import data_dir_public_key, verify_records
@@ -109,6 +110,61 @@ async def test_tools_run_on_the_worker_and_a_raising_tool_fails_the_run_as_in_pr
     # the run index names the workflow as the run's owner, not a worker process
     assert failed["owner"]["host"] == "temporal:default"
     assert failed["owner"]["workflowId"] == f"broken-{q}"
+
+
+CHAIN = demo_chain()  # loaded outside the workflow: its documents are read once, here
+
+
+async def chained(lanes: Lanes, task: str, workspace: str) -> dict[str, Any]:
+    result = await CHAIN.run(task, lanes=lanes, variables={"workspace": workspace})
+    return {"status": result.status, "receipts": len(result.receipts), "cost": str(result.cost)}
+
+
+def workspace(path: Path) -> Path:
+    path.mkdir()
+    for name, text in PROJECT.items():
+        (path / name).write_text(text)
+    return path
+
+
+async def test_a_declared_chain_runs_as_a_workflow(temporal_address: str, tmp_path: Path) -> None:
+    """The bundled fix-failing-test chain: its patch tool and its unittest verifier run
+    on the worker (the patch lands in the worker's workspace); it costs what it costs
+    in-process, with the same one receipt."""
+    ws = workspace(tmp_path / "ws")
+    plugin = AgentLanesPlugin(demo_lanes(tmp_path / "home"), loops={"chain": chained})
+    client = await Client.connect(temporal_address, plugins=[plugin])
+    q = queue()
+    async with Worker(client, task_queue=q):
+        summary = await run_loop(client, "chain", "fix calc", str(ws), id=f"chain-{q}", task_queue=q)
+    local = await CHAIN.run(
+        "fix calc", lanes=demo_lanes(tmp_path / "local"), variables={"workspace": str(workspace(tmp_path / "ws2"))}
+    )
+    assert summary["output"] == {"status": "succeeded", "receipts": 1, "cost": str(local.cost)}
+    assert [(s["name"], s["lane"]) for s in summary["runs"][0]["stages"]] == [
+        (r.name, r.decisions[-1].lane) for r in local.records if r.parent is None
+    ]
+    assert "for item in items:" in (ws / "calc.py").read_text()
+
+
+async def checked_by_a_lambda(lanes: Lanes, task: str) -> str:
+    async with lanes.run(task_class="routine-code") as run:
+        return await run.stage_with("planning", plan, [task], verify=[CallableVerifier(lambda s: True)])
+
+
+async def test_a_verifier_no_worker_can_import_fails_the_workflow_with_the_fix(
+    temporal_address: str, tmp_path: Path
+) -> None:
+    plugin = AgentLanesPlugin(lanes_for(tmp_path), loops={"lambda": checked_by_a_lambda})
+    client = await Client.connect(temporal_address, plugins=[plugin])
+    q = queue()
+    async with Worker(client, task_queue=q):
+        with pytest.raises(WorkflowFailureError) as caught:
+            await run_loop(client, "lambda", "x", id=f"lambda-{q}", task_queue=q)
+    cause = caught.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ConfigurationError"
+    assert "A workflow's verifier runs on a worker" in cause.message
+    assert "use a function defined at a module's top level (not a lambda" in cause.message
 
 
 def test_the_plugin_refuses_what_it_cannot_run(tmp_path: Path) -> None:
