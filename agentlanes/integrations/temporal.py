@@ -30,8 +30,13 @@ models, signal source and receipt signer):
 * ``agentlanes.append_receipt`` — a signed escalation receipt;
 * ``agentlanes.start_run`` / ``end_run`` — the run index and the run's closing record.
 
-The clock is the workflow's (``workflow.now()``), ids come from ``workflow.uuid4()``,
-waits are durable timers.
+The budget, receipt, signal and run-index activities are *local* activities by default
+(they run in the worker that runs the workflow's task, recorded as markers in its
+history: no round trip through the server per operation); model requests, verifiers and
+tools are ordinary activities, with heartbeats. The clock is the workflow's
+(``workflow.now()``), ids come from ``workflow.uuid4()``, waits are durable timers. Each
+activity's id names what the workflow decided (the stage, the lane and model, the
+amount), so a replay under code or documents that decide otherwise fails.
 
 **Exactly once where money and receipts are concerned.** A settlement is keyed by its
 reservation (the store charges a reservation once however often it is settled), and a

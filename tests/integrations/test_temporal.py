@@ -167,6 +167,42 @@ async def test_a_verifier_no_worker_can_import_fails_the_workflow_with_the_fix(
     assert "use a function defined at a module's top level (not a lambda" in cause.message
 
 
+def test_what_crosses_the_activity_boundary_comes_back_equal() -> None:
+    """Messages, settings (tools, response format, extras) and replies travel as JSON
+    in the history and are rebuilt exactly."""
+    from agentlanes.integrations import temporal as t
+    from agentlanes.models.base import (
+        Message,
+        ModelResponse,
+        ModelSettings,
+        ResponseFormat,
+        Tool,
+        ToolCall,
+        Usage,
+    )
+
+    call = ToolCall("c1", "lookup", '{"q": "x"}')
+    messages = [
+        Message("system", "be brief"),
+        Message("assistant", "", (call,)),
+        Message("tool", "42", tool_call_id="c1", name="lookup"),
+    ]
+    settings = ModelSettings(
+        max_tokens=77,
+        temperature=0.2,
+        tools=(Tool("lookup", {"type": "object", "properties": {"q": {"type": "string"}}}, "finds"),),
+        tool_choice="auto",
+        response_format=ResponseFormat({"type": "object"}, "answer"),
+        stop=("END",),
+        seed=3,
+        extra={"k": [1, 2]},
+    )
+    reply = ModelResponse("hi", Usage(10, 5, 2), "m", False, (call,), "tool_calls", "r1")
+    assert [t._message(t._message_json(m)) for m in messages] == messages
+    assert t._settings(t._settings_json(settings)) == settings
+    assert t._response(t._response_json(reply)) == reply
+
+
 def test_the_plugin_refuses_what_it_cannot_run(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="takes a Lanes"):
         AgentLanesPlugin("lanes", loops=LOOPS)  # type: ignore[arg-type]
