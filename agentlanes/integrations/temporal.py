@@ -71,6 +71,7 @@ import asyncio
 import base64
 import dataclasses
 import hashlib
+import json
 import pickle
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -846,6 +847,15 @@ class LaneWorkflow:
             hasher=worker.hasher,
         )
         output = await loop(lanes, *given.args)
+        try:
+            json.dumps(output, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ApplicationError(
+                f"Loop {given.loop!r} returned {output!r:.120}, which a workflow result cannot hold ({exc}); "
+                "return JSON values (dicts, lists, strings, numbers, booleans, None).",
+                type="ConfigurationError",
+                non_retryable=True,
+            ) from None
         return {"output": output, "runs": summary.runs}
 
     @workflow.signal(name="approve")

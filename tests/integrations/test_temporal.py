@@ -203,6 +203,22 @@ def test_what_crosses_the_activity_boundary_comes_back_equal() -> None:
     assert t._response(t._response_json(reply)) == reply
 
 
+async def returns_a_set(lanes: Lanes) -> Any:
+    return {1, 2}
+
+
+async def test_a_loop_that_returns_what_json_cannot_hold_fails_with_the_fix(
+    temporal_address: str, tmp_path: Path
+) -> None:
+    plugin = AgentLanesPlugin(lanes_for(tmp_path), loops={"set": returns_a_set})
+    client = await Client.connect(temporal_address, plugins=[plugin])
+    q = queue()
+    async with Worker(client, task_queue=q):
+        with pytest.raises(WorkflowFailureError) as caught:
+            await run_loop(client, "set", id=f"set-{q}", task_queue=q)
+    assert "Loop 'set' returned {1, 2}, which a workflow result cannot hold" in str(caught.value.cause)
+
+
 def test_the_plugin_refuses_what_it_cannot_run(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="takes a Lanes"):
         AgentLanesPlugin("lanes", loops=LOOPS)  # type: ignore[arg-type]
