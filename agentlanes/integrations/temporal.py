@@ -38,12 +38,12 @@ tools are ordinary activities, with heartbeats. The clock is the workflow's
 activity's id names what the workflow decided (the stage, the lane and model, the
 amount), so a replay under code or documents that decide otherwise fails.
 
-**Exactly once where money and receipts are concerned.** A settlement is keyed by its
-reservation (the store charges a reservation once however often it is settled), and a
-receipt append first looks for the receipt of the same decision in the run's chain, so
-an activity retried after its worker died never charges twice and never writes a second
-receipt. A reservation retried that way may leave the first one held until its lease
-runs out (it is never charged).
+**Exactly once where money and receipts are concerned.** A reservation's id is made
+from the workflow run and the activity (the step), so a reserve run again returns the
+reservation still held; a settlement is keyed by its reservation (the store charges a
+reservation once however often it is settled); a receipt append first looks for the
+receipt of the same decision in the run's chain. An activity retried after its worker
+died never reserves or charges twice and never writes a second receipt.
 
 **Approvals wait on the workflow.** When a task class requires a human justification,
 the workflow waits (durably, for ``approval_timeout``) for the ``approve`` signal:
@@ -466,8 +466,13 @@ class _Activities:
 
     @activity.defn(name="agentlanes.reserve")
     async def reserve(self, run: dict[str, Any], lane: str, amount: int) -> dict[str, Any]:
+        # The reservation's id is the workflow run's and the activity's: an activity run
+        # again after its worker died (its result never reached the history) gets the
+        # reservation still held back instead of a second one.
+        info = activity.info()
+        rid = hashlib.sha256(f"{info.workflow_run_id}/{info.activity_id}".encode()).hexdigest()[:32]
         try:
-            held = await self.lanes.ledger.reserve(run["runId"], lane, amount)
+            held = await self.lanes.ledger.reserve(run["runId"], lane, amount, reservation_id=rid)
         except (StoreError, ConfigurationError) as exc:
             raise _failure(exc) from exc
         if isinstance(held, Refusal):

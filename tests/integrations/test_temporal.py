@@ -231,7 +231,7 @@ def test_the_plugin_refuses_what_it_cannot_run(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ exactly once
 
 
-async def test_a_retried_settlement_or_receipt_append_does_it_once(tmp_path: Path) -> None:
+async def test_a_retried_reservation_settlement_or_receipt_append_does_it_once(tmp_path: Path) -> None:
     """What a worker that died after the store wrote, but before Temporal heard, leaves
     for the next attempt: the same activity again, with the same arguments."""
     lanes = lanes_for(tmp_path)
@@ -240,6 +240,8 @@ async def test_a_retried_settlement_or_receipt_append_does_it_once(tmp_path: Pat
     run: dict[str, Any] = {"runId": "run-once", "taskClass": "routine-code", "riskClass": "medium", "currency": "USD"}
 
     held = await env.run(acts.reserve, run, "high-end", 50_000)
+    assert await env.run(acts.reserve, run, "high-end", 50_000) == held  # the same step again: the same hold
+    assert await task_window(lanes, "run-once") == (0, 50_000)
     for _ in range(3):
         assert await env.run(acts.settle, held["reservation"], 42_000) == 42_000
     assert await task_window(lanes, "run-once") == (42_000, 0)
