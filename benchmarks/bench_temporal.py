@@ -10,7 +10,9 @@ double on every lane:
    and the ratio. Each stage as a workflow is four activities (signals and headroom,
    reserve, request and settle here: the request an ordinary activity, the other three
    local activities by default) and its workflow tasks; the same with every effect an
-   ordinary activity (``ActivityTimeouts(local_store=False)``) is reported beside it.
+   ordinary activity (``ActivityTimeouts(local_store=False)``) is reported beside it,
+   and so is the floor: a workflow of N no-op activities (no agentlanes) on the same
+   server, per activity.
 2. **Throughput**: W workflows of N stages each started at once, served by 1 and by 4
    worker processes; stages per second, and the in-process figure (W runs at once in
    one process) as the baseline.
@@ -32,11 +34,14 @@ import sys
 import tempfile
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from temporalio import activity, workflow  # noqa: E402
 
 from agentlanes import Lanes  # noqa: E402
 from agentlanes.testing import FunctionModel  # noqa: E402
@@ -59,6 +64,22 @@ async def stages(lanes: Lanes, n: int) -> int:
         for i in range(n):
             await run.stage("execution", step, i)
     return n
+
+
+@activity.defn(name="bench.noop")
+async def noop(i: int) -> int:
+    return i
+
+
+@workflow.defn(name="bench.Bare", sandboxed=False)
+class Bare:
+    """The floor: N no-op activities, one after another."""
+
+    @workflow.run
+    async def run(self, count: int) -> int:
+        for i in range(count):
+            await workflow.execute_activity("bench.noop", i, start_to_close_timeout=timedelta(seconds=30))
+        return count
 
 
 def worker_lanes(home: Path) -> Lanes:
@@ -143,6 +164,23 @@ async def one_workflow(address: str, home: Path, n: int, local_store: bool) -> f
     return took
 
 
+async def bare_activities(address: str, n: int) -> float:
+    """The floor: a workflow that runs N no-op activities, one after another (no
+    agentlanes), on one in-process worker."""
+    from temporalio.client import Client
+    from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+    client = await Client.connect(address)
+    queue = f"bench-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        client, task_queue=queue, workflows=[Bare], activities=[noop], workflow_runner=UnsandboxedWorkflowRunner()
+    ):
+        await client.execute_workflow(Bare.run, 2, id=f"warm-{queue}", task_queue=queue)
+        t0 = time.perf_counter()
+        await client.execute_workflow(Bare.run, n, id=f"bare-{queue}", task_queue=queue)
+        return time.perf_counter() - t0
+
+
 async def many_workflows(address: str, home: Path, workers: int, n: int, concurrent: int) -> float:
     from temporalio.client import Client
 
@@ -194,6 +232,7 @@ async def measure(n: int, concurrent: int) -> dict[str, Any]:
         with tempfile.TemporaryDirectory() as tmp:
             home = Path(tmp)
             local = await in_process(home / "local", n, 1)
+            bare = await bare_activities(address, n)
             workflow = await one_workflow(address, home / "workflow", n, True)
             remote = await one_workflow(address, home / "remote", n, False)
             local_many = await in_process(home / "local-many", n, concurrent)
@@ -211,6 +250,8 @@ async def measure(n: int, concurrent: int) -> dict[str, Any]:
             "workflow_stage_ms": workflow / n * 1e3,
             "added_ms": (workflow - local) / n * 1e3,
             "ratio": workflow / local,
+            "bare_activity_ms": bare / n * 1e3,
+            "stage_over_bare_activity": workflow / bare,
             "remote_store_stage_ms": remote / n * 1e3,
             "remote_store_ratio": remote / local,
         },
@@ -241,6 +282,10 @@ def main() -> None:
     print("1. Overhead per stage (one model call), same run")
     print(f"   in-process      {o['in_process_stage_ms']:8.2f} ms per stage   (baseline)")
     print(f"   as a workflow   {o['workflow_stage_ms']:8.2f} ms per stage   {o['ratio']:.1f}x, +{o['added_ms']:.2f} ms")
+    print(
+        f"   one no-op Temporal activity (no agentlanes) {o['bare_activity_ms']:8.2f} ms   "
+        f"(the floor: a stage as a workflow is {o['stage_over_bare_activity']:.2f}x of it)"
+    )
     print(
         f"   store operations as ordinary activities (local_store=False) {o['remote_store_stage_ms']:8.2f} ms per "
         f"stage   {o['remote_store_ratio']:.1f}x"

@@ -25,5 +25,5 @@ def test_every_figure_is_measured(tmp_path: Path) -> None:
     assert "1. Overhead per stage" in done.stdout and "4 worker processes" in done.stdout
     figures = json.loads((tmp_path / "f.json").read_text())
     values = [*figures["overhead"].values(), *figures["throughput"].values()]
-    assert len(values) == 10
+    assert len(values) == 12
     assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in values), figures
