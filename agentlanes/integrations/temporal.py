@@ -177,7 +177,7 @@ class LoopInput:
 # ---------------------------------------------------------------- value codecs (JSON in history)
 
 
-def _pickled(value: Any, what: str = "value") -> str:
+def _pickled(value: Any, what: str = "subject") -> str:
     # pickle imports the modules it names; inside a workflow they are passed through
     # (the real modules, as the activity worker will import them)
     with workflow.unsafe.imports_passed_through():
@@ -185,9 +185,9 @@ def _pickled(value: Any, what: str = "value") -> str:
             return base64.b64encode(pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)).decode("ascii")
         except (pickle.PicklingError, AttributeError, TypeError) as exc:
             raise ConfigurationError(
-                f"A workflow's {what} runs on a worker, which finds it by name, and {value!r:.120} cannot be "
-                f"sent there ({exc}); use a function defined at a module's top level (not a lambda or a "
-                "nested function) and values that pickle."
+                f"A workflow sends its verifiers, tools and their subjects to a worker by pickle, and the {what} "
+                f"{value!r:.120} cannot be pickled ({exc}); use functions defined at a module's top level (not "
+                "lambdas or nested functions) and values that pickle."
             ) from None
 
 

@@ -163,8 +163,10 @@ async def test_a_verifier_no_worker_can_import_fails_the_workflow_with_the_fix(
             await run_loop(client, "lambda", "x", id=f"lambda-{q}", task_queue=q)
     cause = caught.value.cause
     assert isinstance(cause, ApplicationError) and cause.type == "ConfigurationError"
-    assert "A workflow's verifier runs on a worker" in cause.message
-    assert "use a function defined at a module's top level (not a lambda" in cause.message
+    assert "A workflow sends its verifiers, tools and their subjects to a worker by pickle, and the verifier" in (
+        cause.message
+    )
+    assert "use functions defined at a module's top level (not lambdas or nested functions)" in cause.message
 
 
 def test_what_crosses_the_activity_boundary_comes_back_equal() -> None:
