@@ -7,7 +7,7 @@
     async def main(lanes: Lanes, task: str) -> str:
         async with lanes.run(task_class="routine-code") as run:
             plan = await run.stage("planning", make_plan, task)
-            return await run.stage("execution", write_patch, plan, verify=[tests])
+            return await run.stage_with("execution", write_patch, [plan], verify=[tests])
 
     plugin = AgentLanesPlugin(lanes, loops={"fix": main})
     client = await Client.connect("127.0.0.1:7233", plugins=[plugin])
@@ -747,9 +747,9 @@ class _Summary:
 
 
 class _StageSpans:
-    """Each stage as a span of the workflow's trace (Temporal's ``TracingInterceptor``
-    makes it a child of the workflow's span, and only when the workflow is not
-    replaying)."""
+    """Each stage as a span of the workflow's trace: Temporal's ``TracingInterceptor``
+    makes it (only when the workflow is not replaying, with no duration, like its own
+    workflow spans) beside ``RunWorkflow`` under the client's ``StartWorkflow`` span."""
 
     event_types = (StageEnded,)
 
