@@ -63,7 +63,8 @@ async def test_an_approved_escalation_names_its_approver_in_the_receipt(
         )
         [asked] = await pending(handle)
         assert (asked["taskClass"], asked["toLane"], asked["stage"]) == ("hard-debugging", "high-end", "execution")
-        await handle.signal("approve", {"approver": "alice", "approved": True, "justification": "prod is down"})
+        answer = {"approver": "alice", "approved": True, "justification": "prod is down"}
+        await handle.signal("approve", {**answer, "decisionId": asked["decisionId"]})
         summary = await handle.result()
     [run] = summary["runs"]
     assert run["status"] == "succeeded"
