@@ -172,17 +172,24 @@ def _load_spec(path: Path, model: type[_Spec]) -> Any:
         ) from None
 
 
-def _applied(ref: str, values: dict[str, Any]) -> Callable[[Any], Any]:
+class _Applied:
     """A step's ``tool``, applied to the step's output with the chain's values; named
-    after its reference in records."""
-    fn = resolve_ref(ref)
+    after its reference in records. A plain object (its reference and the values), so
+    a durable-execution backend can send it to another process."""
 
-    def apply(output: Any) -> Any:
-        return fn(output, dict(values))
+    def __init__(self, ref: str, values: dict[str, Any]) -> None:
+        resolve_ref(ref)  # a reference that names nothing fails here, before anything runs
+        self.ref = ref
+        self.values = dict(values)
+        module, _, qualname = ref.partition(":")
+        self.__module__, self.__qualname__, self.__name__ = module, qualname, qualname.rsplit(".", 1)[-1]
 
-    module, _, qualname = ref.partition(":")
-    apply.__module__, apply.__qualname__, apply.__name__ = module, qualname, qualname.rsplit(".", 1)[-1]
-    return apply
+    def __call__(self, output: Any) -> Any:
+        return resolve_ref(self.ref)(output, dict(self.values))
+
+
+def _applied(ref: str, values: dict[str, Any]) -> Callable[[Any], Any]:
+    return _Applied(ref, values)
 
 
 class _Fill(dict[str, Any]):

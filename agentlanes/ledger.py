@@ -148,6 +148,7 @@ class BudgetLedger:
         self._store_identity = store.identity
         # stores written before `unsettled` existed: admission then fails closed instead
         self._store_counts_unsettled = "unsettled" in inspect.signature(store.reserve).parameters
+        self._store_takes_ids = "reservation_id" in inspect.signature(store.reserve).parameters
         if self.journal_dir is not None:
             self._rescan()
 
@@ -209,12 +210,35 @@ class BudgetLedger:
         # enough: every value below 2**53 micro-units is represented to the micro-unit.
         return max(remaining, 0) / MICRO, (max(high, 0) / MICRO, max(pro, 0) / MICRO)
 
-    async def reserve(self, run_id: str, lane: str, amount: int) -> Reservation | Refusal:
+    async def reserve(
+        self, run_id: str, lane: str, amount: int, *, reservation_id: str | None = None
+    ) -> Reservation | Refusal:
         """Atomically reserve ``amount`` micro-units for a call on ``lane`` in every
-        window, counting journaled charges not yet in the store as spent."""
+        window, counting journaled charges not yet in the store as spent.
+
+        ``reservation_id``: asking again with the same id returns the reservation still
+        held instead of reserving twice (see :meth:`Store.reserve`)."""
         check_micro("A reservation", amount)
         await self._catch_up()
         specs = self.specs(run_id)
+        if reservation_id is not None:
+            if not self._store_takes_ids:
+                raise ConfigurationError(
+                    f"{type(self.store).__name__}.reserve takes no `reservation_id`, so a reservation cannot be "
+                    "asked for again without reserving twice; update the store, or reserve without an id."
+                )
+            if self._pending and self._unsettled_in(specs):
+                return await self.store.reserve(
+                    specs,
+                    lane,
+                    amount,
+                    lease_seconds=self.lease_seconds,
+                    unsettled=self._unsettled_in(specs),
+                    reservation_id=reservation_id,
+                )
+            return await self.store.reserve(
+                specs, lane, amount, lease_seconds=self.lease_seconds, reservation_id=reservation_id
+            )
         if self._pending:
             unsettled = self._unsettled_in(specs)
             if unsettled:

@@ -131,12 +131,18 @@ class Store(ABC):
         *,
         lease_seconds: float,
         unsettled: Unsettled | None = None,
+        reservation_id: str | None = None,
     ) -> Reservation | Refusal:
         """Admit ``amount`` in every window at once, or refuse without holding anything.
 
         ``unsettled``: money already spent that the store does not hold yet (a ledger's
         journaled charges), counted against each window's cap and shares. The ledger
         passes it only when it has such charges for these windows.
+
+        ``reservation_id``: the reservation's id, from a caller that may ask again for
+        the same reservation (a durable-execution activity retried after its worker
+        died): while a reservation of that id is held, it is returned and nothing more
+        is reserved. Default: a new id.
         """
 
     @abstractmethod

@@ -88,12 +88,15 @@ class MemoryStore(Store):
         *,
         lease_seconds: float,
         unsettled: Unsettled | None = None,
+        reservation_id: str | None = None,
     ) -> Reservation | Refusal:
         check_micro("A reservation", amount)
         rows = self._windows
         with self._lock:
             if self._expiry and self._expiry[0][0] <= self._clock():
                 self._reap()
+            if reservation_id is not None and reservation_id in self._reservations:
+                return self._reservations[reservation_id]  # asked again: the same reservation
             premium = lane == "high-end" or lane == "pro"
             for spec in windows:
                 row = rows.get((spec.window, spec.key))
@@ -110,7 +113,8 @@ class MemoryStore(Store):
                 refusal = check_admission(state, lane, amount)
                 if refusal is not None:
                     return refusal
-            res = Reservation(new_reservation_id(), lane, amount, tuple(windows), self._clock() + lease_seconds)
+            rid = reservation_id or new_reservation_id()
+            res = Reservation(rid, lane, amount, tuple(windows), self._clock() + lease_seconds)
             self._reservations[res.id] = res
             heapq.heappush(self._expiry, (res.expires_at, res.id))
             for spec in windows:

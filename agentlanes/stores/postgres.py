@@ -767,10 +767,21 @@ class PostgresStore(Store):
         *,
         lease_seconds: float,
         unsettled: Unsettled | None = None,
+        reservation_id: str | None = None,
     ) -> Reservation | Refusal:
         check_micro("A reservation", amount)
-        rid = new_reservation_id()
+        rid = reservation_id or new_reservation_id()
         specs = tuple(windows)
+        if reservation_id is not None:
+            # Asked again (a retried activity): the same reservation while it is held. The
+            # first ask and its retries come one after another, so a read before the
+            # admission is enough (a concurrent duplicate fails on the hold's key).
+            async def held(conn: Any) -> Any:
+                return await conn.fetchrow(f"SELECT lane, amount, expires FROM {self._s}.al_holds WHERE id = $1", rid)
+
+            row = await self._call("reserve", held)
+            if row is not None:
+                return Reservation(rid, row["lane"], int(row["amount"]), specs, float(row["expires"]))
         if unsettled:
             return await self._reserve_beside(specs, lane, amount, lease_seconds, unsettled, rid)
 

@@ -405,14 +405,19 @@ class SQLiteStore(Store):
         *,
         lease_seconds: float,
         unsettled: Unsettled | None = None,
+        reservation_id: str | None = None,
     ) -> Reservation | Refusal:
         check_micro("A reservation", amount)
-        rid = new_reservation_id()
+        rid = reservation_id or new_reservation_id()
         specs = tuple(windows)
 
         def work(db: sqlite3.Connection) -> Reservation | Refusal:
             now = self._clock()
             self._reap(db, now)
+            if reservation_id is not None:  # asked again: the same reservation, while it is held
+                held = db.execute("SELECT lane, amount, expires FROM holds WHERE id = ?", (rid,)).fetchone()
+                if held is not None:
+                    return Reservation(rid, held[0], int(held[1]), specs, float(held[2]))
             rows = self._rows(db, ((s.window, s.key) for s in specs))
             for spec in specs:
                 state = _state(spec, rows[(spec.window, spec.key)])

@@ -192,12 +192,17 @@ class CommandVerifier(Verifier):
         )
 
 
+def _schema_verifier(schema: Any, name: str) -> SchemaVerifier:
+    return SchemaVerifier(schema, name=name)
+
+
 class SchemaVerifier(Verifier):
     """Checks that the subject (an object, or JSON text) fits a pydantic model or a JSON
     schema (the latter needs the ``jsonschema`` package)."""
 
     def __init__(self, schema: type[BaseModel] | Mapping[str, Any], *, name: str = "schema") -> None:
         self.name = name
+        self._source = schema
         self._adapter: TypeAdapter[Any] | None = None
         self._validator: Any = None
         if isinstance(schema, type) and issubclass(schema, BaseModel):
@@ -218,6 +223,11 @@ class SchemaVerifier(Verifier):
 
     def identity(self) -> dict[str, str]:
         return {"kind": "schema", "schema": self._schema_text}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A compiled validator does not pickle: rebuilt from the schema (a durable-
+        # execution backend sends verifiers to the worker that runs them).
+        return (_schema_verifier, (self._source, self.name))
 
     async def verify(self, subject: Any, context: VerifyContext) -> VerifierResult:
         value = subject

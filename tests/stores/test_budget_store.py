@@ -106,6 +106,20 @@ async def test_settlement_is_idempotent_by_reservation_id(store: Store) -> None:
     assert (state.committed, state.reserved, state.overrun, state.high_end_used) == (150_000, 0, 0, 150_000)
 
 
+async def test_a_reservation_asked_again_by_its_id_is_the_same_one(store: Store) -> None:
+    first = await store.reserve([W], "high-end", 100_000, lease_seconds=60, reservation_id="a" * 32)
+    again = await store.reserve([W], "high-end", 100_000, lease_seconds=60, reservation_id="a" * 32)
+    assert isinstance(first, Reservation) and again == first
+    [state] = await store.window_states([W])
+    assert (state.reserved, state.high_end_used) == (100_000, 100_000)  # held once
+    other = await store.reserve([W], "high-end", 100_000, lease_seconds=60, reservation_id="b" * 32)
+    assert isinstance(other, Reservation) and other.id == "b" * 32
+    await store.settle(first, 80_000)
+    await store.release(other)
+    [state] = await store.window_states([W])
+    assert (state.committed, state.reserved) == (80_000, 0)
+
+
 async def test_amounts_out_of_range_are_refused_clearly(store: Store) -> None:
     from agentlanes.errors import ConfigurationError
 
