@@ -282,7 +282,7 @@ def _read(path: Path) -> bytes:
     at most :data:`agentlanes.tracefile.MAX_TRACE_BYTES` (the checks
     :func:`agentlanes.tracefile.read_lines` makes, with one read for a file that holds
     still)."""
-    limit = _tracefile.MAX_TRACE_BYTES
+    limit = _tracefile.trace_limit()
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:

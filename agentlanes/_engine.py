@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -79,6 +80,18 @@ def _on_asyncio() -> bool:
 
 
 _CEILING_REVIEW = "routing-ceiling-human-review"
+_REASON_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+
+
+def _shown_reason(reason: object) -> str:
+    """An escalation reason as an error may show it: a reason is a name, so a name is
+    quoted; free text (which may quote a prompt or a model's output) is not repeated."""
+    if isinstance(reason, str) and _REASON_NAME.fullmatch(reason):
+        return repr(reason)
+    if isinstance(reason, str):
+        return f"of {len(reason)} character(s) that is not a reason name (free text is not repeated here)"
+    return f"of type {type(reason).__name__} (a reason is one of the names below)"
+
 
 T = TypeVar("T")
 ContextFactory = Callable[["RunEngine", StageRecord, RouteDecision, int, Sequence[VerifierResult], "int | None"], Any]
@@ -133,9 +146,10 @@ class EngineConfig:
     def check_reason(self, reason: str | None, where: str) -> None:
         """Refuse an escalation reason the policy does not allow, before anything is
         recorded (the reason text never reaches a record, a span or a log)."""
-        if reason is not None and reason not in self.allowed_reasons:
+        if reason is not None and (not isinstance(reason, str) or reason not in self.allowed_reasons):
+            shown = _shown_reason(reason)
             raise ConfigurationError(
-                f"{where}: escalation reason {reason!r} is not one the policy allows "
+                f"{where}: escalation reason {shown} is not one the policy allows "
                 f"(allowed: {', '.join(sorted(self.allowed_reasons))}); use one of those, or add it to "
                 "escalationPolicy.allowedReasons in the policy document."
             )

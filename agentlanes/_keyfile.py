@@ -12,6 +12,7 @@ import secrets
 import stat
 from pathlib import Path
 
+from agentlanes._private import private_dir
 from agentlanes.errors import ConfigurationError
 
 __all__ = ["create_key_file", "ensure_key_dir", "read_key_file", "tighten"]
@@ -73,8 +74,8 @@ def read_key_file(path: Path, what: str) -> bytes | None:
 def ensure_key_dir(directory: Path) -> None:
     """Create ``directory`` (mode 0700 whatever the umask), or tighten it to 0700."""
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
+        private_dir(directory)
+    except (FileExistsError, NotADirectoryError):
         raise ConfigurationError(
             f"Cannot create the key directory {directory}: a file is in the way; check --data-dir (or AGENTLANES_HOME)."
         ) from None
@@ -84,11 +85,6 @@ def ensure_key_dir(directory: Path) -> None:
         ) from None
     if not directory.is_dir():
         raise ConfigurationError(f"The key directory {directory} is not a directory; check --data-dir.")
-    try:
-        if stat.S_IMODE(directory.stat().st_mode) != 0o700:
-            directory.chmod(0o700)
-    except OSError:
-        pass  # not ours to change (a shared mount): the key files themselves are still 0600
 
 
 def tighten(path: Path) -> None:

@@ -82,8 +82,8 @@ def _owner_alive(who: Any) -> bool | None:
     if not isinstance(who, Mapping) or who.get("host") != _HOST:
         return None
     pid = who.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return None
+    if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 1 << 31:
+        return None  # not a process id (os.kill of a larger one would overflow)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -116,7 +116,7 @@ async def repair(store: Any, *, now: float | None = None) -> list[dict[str, Any]
     now = time.time() if now is None else now
     marked = []
     for entry in await store.runs():
-        if abandoned(entry, now):
+        if isinstance(entry, Mapping) and isinstance(entry.get("runId"), str) and abandoned(entry, now):
             update = {
                 "runId": entry["runId"],
                 "status": "abandoned",
@@ -137,7 +137,7 @@ def with_ledger_counts(entries: Iterable[Mapping[str, Any]], receipts: Iterable[
     for stored in receipts:
         try:
             kind = json.loads(stored.text)["envelope"]["payloadType"]
-        except (ValueError, TypeError, KeyError):
+        except (ValueError, TypeError, KeyError, RecursionError):
             continue  # not a record agentlanes wrote: `receipts verify` says so
         if kind == PAYLOAD_TYPE:
             counts[stored.run_id] = counts.get(stored.run_id, 0) + 1

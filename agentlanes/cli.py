@@ -16,9 +16,10 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -233,11 +234,28 @@ def _batch_request(line: str, lineno: int, cache: _Cache, now: str = "") -> tupl
         requested_lane=obj.get("requestedLane"),
         escalation_reason=obj.get("escalationReason"),
         budget_window=obj.get("budgetWindow", "task"),
-        budget_remaining=float(obj.get("budgetRemaining", 2.0)),
+        budget_remaining=_budget_of(obj.get("budgetRemaining", 2.0), lineno),
         deterministic=obj.get("deterministic", False),
         **neighbours,
     )
     return router, request
+
+
+def _budget_of(value: Any, lineno: int) -> float:
+    """A batch line's ``budgetRemaining``: a finite number (a larger integer than a
+    float holds, ``1e400`` or a string is refused by name)."""
+    try:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError
+        budget = float(value)
+    except (ValueError, OverflowError):
+        budget = math.nan
+    if not math.isfinite(budget):
+        shown = repr(value) if len(repr(value)) <= 40 else f"{repr(value)[:40]}..."
+        raise ConfigurationError(
+            f"line {lineno}: budgetRemaining {shown} is not a finite number; pass one such as 2.0."
+        )
+    return budget
 
 
 def _run_batch(lines: Iterable[str], out: IO[str], fmt: str) -> int:
@@ -280,13 +298,11 @@ def _cmd_route(args: argparse.Namespace) -> int:
                 "ceilings or binding keys."
             )
             return 2
-        if args.batch == "-":
-            return _run_batch(sys.stdin, sys.stdout, args.format)
         try:
-            with open(args.batch, encoding="utf-8") as fh:
-                return _run_batch(fh, sys.stdout, args.format)
-        except OSError as exc:
-            _err(f"cannot read batch file {args.batch}: {exc.strerror}.")
+            return _run_batch(_text_lines(args.batch, "batch file"), sys.stdout, args.format)
+        except ConfigurationError as exc:
+            sys.stdout.flush()
+            _err(str(exc))
             return 1
     missing = [
         flag
@@ -401,15 +417,7 @@ def _add_binding_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def _evidence_input(path: str) -> Iterable[str]:
-    if path == "-":
-        return sys.stdin
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return fh.read().splitlines()
-    except OSError as exc:
-        raise ConfigurationError(f"Cannot read {path}: {exc.strerror}.") from None
-    except UnicodeDecodeError:
-        raise ConfigurationError(f"{path} is not UTF-8 text.") from None
+    return list(_text_lines(path, "evidence file"))
 
 
 def _task_map(items: Sequence[str] | None) -> dict[str, str] | None:
@@ -441,6 +449,9 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
         if args.action == "verify-journal":
             report = ev.verify_journal(_evidence_input(args.file))
             print(json.dumps(report.to_json(), indent=2, sort_keys=True))
+            if not report.verified:
+                where = f"line {report.index + 1}" if report.index is not None else "a record"
+                _err(f"the evidence journal {args.file} does not verify: {where}: {report.problem}.")
             return 0 if report.verified else 1
         if args.action == "check-receipts":
             bad = 0
@@ -451,12 +462,11 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
                 count += 1
                 try:
                     doc = json.loads(line)
-                except ValueError:
-                    problems = ["the line is not JSON"]
-                else:
                     problems = ev.check_lane_receipt(doc)
+                except (ValueError, RecursionError):
+                    problems = ["the line is not JSON (or nests deeper than any receipt)"]
                 for problem in problems:
-                    _err(f"line {lineno}: {problem}")
+                    _err(f"{args.file}, line {lineno}: {problem}")
                 bad += bool(problems)
             print(f"{count - bad} of {count} receipt(s) valid")
             return 1 if bad else 0
@@ -488,8 +498,10 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
                     raise ConfigurationError("decision and context must be JSON objects")
                 facts = ev.DecisionFacts.from_native(doc, tasks=tasks)
                 ctx = ev.StageEvidence.from_json(context, run_id=args.run_id, issued_at=issued)
+            except RecursionError:
+                raise ConfigurationError(f"{args.file}, line {lineno}: nests deeper than any decision.") from None
             except (ConfigurationError, ValueError) as exc:
-                raise ConfigurationError(f"line {lineno}: {exc}") from None
+                raise ConfigurationError(f"{args.file}, line {lineno}: {exc}") from None
             records.append((facts, ctx))
         out = list(ev.evidence_lines(records, args.format, task_classes=task_map))
     except ConfigurationError as exc:
@@ -570,7 +582,13 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _data_dir(args: argparse.Namespace) -> Path:
     from agentlanes.runtime import resolve_data_dir
 
-    return resolve_data_dir(getattr(args, "data_dir", None))
+    path = resolve_data_dir(getattr(args, "data_dir", None))
+    if path.exists() and not path.is_dir():
+        raise ConfigurationError(
+            f"The data directory {path} is not a directory; pass --data-dir (or set AGENTLANES_HOME) to the "
+            "directory agentlanes records runs in."
+        )
+    return path
 
 
 def _ledger_texts(data_dir: Path, run: str | None) -> tuple[list[str], str, tuple[str, ...]]:
@@ -615,11 +633,39 @@ def _open_regular(name: str, what: str) -> IO[bytes]:
     try:
         fd = os.open(name, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise ConfigurationError(f"Cannot read the {what} {name}: {exc.strerror}.") from None
+        raise ConfigurationError(f"Cannot read the {what} {name}: {exc.strerror}; check the path.") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
-        raise ConfigurationError(f"The {what} {name} is not a regular file.")
+        raise ConfigurationError(
+            f"The {what} {name} is not a regular file (a FIFO, a device or a directory); "
+            "agentlanes reads it only from a regular file: write the data to a file first."
+        )
     return os.fdopen(fd, "rb", buffering=1 << 16)
+
+
+def _text_lines(name: str, what: str) -> Iterator[str]:
+    """The lines of a text input (``-``: standard input), each at most 1 MiB of UTF-8,
+    from a regular file only: a FIFO or a device is refused before anything is read."""
+    if name == "-" and getattr(sys.stdin, "buffer", None) is None:  # a text stream put in its place
+        yield from sys.stdin
+        return
+    fh = sys.stdin.buffer if name == "-" else _open_regular(name, what)
+    shown = "standard input" if name == "-" else name
+    try:
+        for lineno, raw in enumerate(iter(lambda: fh.readline(_MAX_LINE + 1), b""), start=1):
+            if len(raw) > _MAX_LINE:
+                raise ConfigurationError(f"The {what} {shown}, line {lineno}: longer than 1 MiB; one request per line.")
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ConfigurationError(
+                    f"The {what} {shown}, line {lineno}: not UTF-8 text; pass JSON lines in UTF-8."
+                ) from None
+    except OSError as exc:
+        raise ConfigurationError(f"Cannot read the {what} {shown}: {exc.strerror}.") from None
+    finally:
+        if name != "-":
+            fh.close()
 
 
 def _read_records_file(name: str) -> list[str]:
@@ -771,7 +817,11 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
     from agentlanes.history import list_runs
 
-    runs = anyio.run(functools.partial(list_runs, _data_dir(args), repair=args.repair))
+    data_dir = _data_dir(args)
+    found = anyio.run(functools.partial(list_runs, data_dir, repair=args.repair))
+    runs = [r for r in found if isinstance(r, dict) and isinstance(r.get("runId"), str)]
+    if len(runs) < len(found):
+        _err(f"note: {len(found) - len(runs)} damaged run index entr(y/ies) in {data_dir} skipped (no runId).")
     if args.json:
         print(json.dumps(runs, indent=2))
         return 0
@@ -782,13 +832,19 @@ def _cmd_runs(args: argparse.Namespace) -> int:
             + "".join(f"\n  {r['runId']}" for r in marked)
         )
     if not runs:
-        print(f"no runs recorded in {_data_dir(args)}")
+        print(f"no runs recorded in {data_dir}")
         return 0
+
+    def text(r: dict[str, Any], key: str, default: str = "") -> str:
+        value = r.get(key)
+        return default if value is None else str(value)
+
     print(f"{'run':<26} {'started':<24} {'task class':<22} {'status':<10} {'cost':>10} {'receipts':>8}  trace")
     for r in runs:
         print(
-            f"{r['runId']:<26} {r.get('startedAt', ''):<24} {r.get('taskClass', ''):<22} "
-            f"{r.get('status', ''):<10} {r.get('cost', ''):>10} {r.get('receipts', 0):>8}  {r.get('tracePath') or '-'}"
+            f"{r['runId']:<26} {text(r, 'startedAt'):<24} {text(r, 'taskClass'):<22} "
+            f"{text(r, 'status'):<10} {text(r, 'cost'):>10} {text(r, 'receipts', '0'):>8}  "
+            f"{text(r, 'tracePath') or '-'}"
         )
     return 0
 
@@ -1068,11 +1124,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "budget_remaining", None) is not None and args.budget_remaining != args.budget_remaining:
-        _err("--budget-remaining must be a finite number.")
+    budget = getattr(args, "budget_remaining", None)
+    if budget is not None and not math.isfinite(budget):
+        _err(f"--budget-remaining {budget!r} is not a finite amount of money; pass one such as 2.0.")
         return 2
     try:
         result: int = args.func(args)
     except BrokenPipeError:
         return 0
+    except AgentLanesError as exc:  # every command handles its own; this is the net under them
+        _err(str(exc))
+        return 1
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        _err(f"cannot use{where}: {exc.strerror or exc}; check the path and its permissions.")
+        return 1
     return result

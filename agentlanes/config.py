@@ -44,7 +44,16 @@ def _read(path: Path) -> dict[str, Any]:
     try:
         text = "\n".join(read_lines(path, limit=MAX_CONFIG_BYTES))
     except TraceError as exc:
-        raise ConfigurationError(str(exc).replace("a trace agentlanes wrote", "a models file")) from None
+        message = str(exc)
+        if "more than a trace may be" in message or "grew past" in message:
+            message = f"{path} is larger than a models file may be ({MAX_CONFIG_BYTES} bytes); pass the models file."
+        for theirs, ours in (
+            ("a trace agentlanes wrote", "a models file"),
+            ("OTLP/JSON", "a models file (TOML)"),
+            ("No trace at", "No models file at"),
+        ):
+            message = message.replace(theirs, ours)
+        raise ConfigurationError(message) from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

@@ -26,6 +26,7 @@ import threading
 from pathlib import Path
 
 from agentlanes._keyfile import create_key_file, read_key_file, tighten
+from agentlanes._private import private_dir
 from agentlanes.errors import ConfigurationError
 
 __all__ = ["DIGEST_RE", "ContentError", "ContentHasher", "ContentStore"]
@@ -143,7 +144,7 @@ class ContentStore:
         self._root = os.fspath(root)
         self._known: set[str] = set()  # digests this process knows are stored (bodies repeat)
         if create:
-            root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private_dir(root)
 
     def path(self, digest: str) -> Path | None:
         """Where the body named ``digest`` lives; ``None`` when ``digest`` is not the

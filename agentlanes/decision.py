@@ -498,7 +498,7 @@ class RouteDecision(NamedTuple):
             "signals": {
                 "digest": req.signals.digest,
                 "problems": list(req.signals.problems),
-                "values": dict(req.signals.raw),
+                "values": dict(req.signals.json_values),
             },
             "documents": dict(meta.documents),
         }
@@ -520,7 +520,7 @@ class RouteDecision(NamedTuple):
             created_at = datetime.now(UTC)
         if isinstance(created_at, datetime):
             created_at = created_at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-        raw = req.signals.raw
+        raw = req.signals.json_values
         resources = {k: raw[k] for k in sorted(raw) if k != "estimatedLaneCosts"}
         for name in REQUIRED_SIGNALS:
             resources.setdefault(name, None)

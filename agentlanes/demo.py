@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
+from agentlanes._private import private_dir, write_private
 from agentlanes.chain import Chain, bundled_stages_dir
 from agentlanes.errors import AgentLanesError, ConfigurationError
 from agentlanes.models.base import Message, ModelSettings
@@ -101,7 +102,7 @@ def apply_patch(patch: Any, values: dict[str, Any]) -> str:
     target = (workspace / patch["path"]).resolve()
     if workspace not in target.parents:
         raise ConfigurationError(f"Patch path {patch['path']!r} leaves the workspace {workspace}.")
-    target.write_text(patch["content"])
+    write_private(target, patch["content"].encode())
     # Byte-code caches are validated by mtime (whole seconds) and size: a same-size patch
     # written within the same second would otherwise be tested as the old code.
     shutil.rmtree(target.parent / "__pycache__", ignore_errors=True)
@@ -169,15 +170,15 @@ async def run_demo(task: str, data_dir: Path, out: IO[str], models_file: str | P
 
     lanes = demo_lanes(data_dir, observer=progress, models_file=models_file)  # a bad models file fails first
     workspaces = data_dir / "workspaces"
-    workspaces.mkdir(parents=True, exist_ok=True)
+    private_dir(workspaces)  # the model's patches land here: private like the rest
     workspace = workspaces / time.strftime("calc-%Y%m%d-%H%M%S")
     n = 1
     while workspace.exists():
         n += 1
         workspace = workspaces / f"{workspace.name.split('~')[0]}~{n}"
-    workspace.mkdir()
+    workspace.mkdir(mode=0o700)
     for name, text in PROJECT.items():
-        (workspace / name).write_text(text)
+        write_private(workspace / name, text.encode())
     if models_file is None:
         out.write(
             "agentlanes demo: offline; the models are bundled doubles standing in for the lanes "
@@ -233,9 +234,21 @@ def main(argv: Sequence[str] | None = None, *, out: IO[str] | None = None) -> in
     out = out or sys.stdout
     data_dir = resolve_data_dir(args.data_dir).resolve()
     os.environ.setdefault("AGENTLANES_LOG_LEVEL", "warning")  # the demo prints its own progress
+    if data_dir.exists() and not data_dir.is_dir():
+        print(
+            f"agentlanes demo: the data directory {data_dir} is not a directory; pass --data-dir DIR.", file=sys.stderr
+        )
+        return 1
     try:
         result = anyio.run(run_demo, args.task, data_dir, out, args.models)
     except AgentLanesError as exc:
         print(f"agentlanes demo: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        where = exc.filename or data_dir
+        print(
+            f"agentlanes demo: cannot write {where}: {exc.strerror or exc}; pass --data-dir a directory you can write.",
+            file=sys.stderr,
+        )
         return 1
     return 0 if result.status == "succeeded" else 1

@@ -950,15 +950,15 @@ def _check_record(line: str, previous: str) -> tuple[str | None, str]:
     """``(problem, chain digest hex)`` of one journal line after ``previous``."""
     try:
         record = json.loads(line)
-    except ValueError:
-        return "the line is not JSON", ""
+    except (ValueError, RecursionError):
+        return "the line is not JSON (or nests deeper than any record)", ""
     if not isinstance(record, dict) or set(record) != _JOURNAL_KEYS:
         return "the record is not exactly appendedAt, chainDigest, evidenceDigest, event, previousDigest", ""
     if _hex_of(record["previousDigest"]) != previous:
         return "previousDigest mismatch", ""
     try:
         evidence = hashlib.sha256(canonical_event(record["event"])).hexdigest()
-    except ValueError:
+    except (ValueError, RecursionError):
         return "the event is not canonical JSON", ""
     if _hex_of(record["evidenceDigest"]) != evidence:
         return "evidenceDigest mismatch", ""

@@ -37,14 +37,28 @@ async def list_runs(data_dir: Path, *, repair: bool = False) -> list[dict[str, A
 
     With ``repair``, runs whose process died first are marked ``abandoned`` (see
     :func:`agentlanes._runindex.repair`); the entries marked carry ``"repaired": True``.
+    Without it, a data directory this process cannot write (read-only media, another
+    user's) is read without writing anything.
     """
     import os
 
     from agentlanes import _runindex
     from agentlanes.stores import open_store
 
-    if not os.environ.get("AGENTLANES_STORE") and not (data_dir / "agentlanes.db").is_file():
-        return []
+    if not os.environ.get("AGENTLANES_STORE"):
+        db = data_dir / "agentlanes.db"
+        if not db.is_file():
+            return []
+        if not (os.access(db, os.W_OK) and os.access(data_dir, os.W_OK)):
+            if repair:
+                raise ConfigurationError(
+                    f"Cannot mark abandoned runs in {db}: it is not writable here (read-only media, or another "
+                    "user's data directory); run `agentlanes runs --repair` as its owner."
+                )
+            from agentlanes.stores.readonly import read_ledger
+
+            snapshot = read_ledger(db)
+            return _runindex.with_ledger_counts(snapshot.runs, snapshot.receipts)
     store = open_store(None, data_dir)
     try:
         marked = {e["runId"] for e in await _runindex.repair(store)} if repair else set()

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import anyio.to_thread
 
+from agentlanes._private import private_dir
 from agentlanes.budget import (
     MAX_MICRO,
     MICRO,
@@ -347,9 +348,7 @@ class BudgetLedger:
         and the directory synced."""
         assert self.journal_dir is not None
         directory = self.journal_dir
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        with contextlib.suppress(OSError):
-            os.chmod(directory, 0o700)
+        private_dir(directory)
         name = _journal_name(reservation_id)
         path = directory / name
         tmp = directory / f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"

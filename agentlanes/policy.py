@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic.alias_generators import to_camel
 
 from agentlanes import _bundled
-from agentlanes.errors import PolicyError
+from agentlanes._files import read_bounded
+from agentlanes.errors import ConfigurationError, PolicyError
 from agentlanes.lanes import RANK, lane_list
 from agentlanes.signals import REQUIRED_SIGNALS, ResourceSignals, SignalSnapshot
 
@@ -665,16 +666,17 @@ def read_json(path: str | Path) -> Any:
     so that no malformed file reaches the models as an unexpected Python value.
     """
     source = str(path)
+    if not Path(path).exists():
+        raise PolicyError(f"{source}: no such file.", source=source)
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PolicyError(f"{source}: no such file.", source=source) from None
-    except IsADirectoryError:
-        raise PolicyError(f"{source}: is a directory, not a JSON document.", source=source) from None
+        # regular files only, and bounded: a FIFO must not hang, /dev/zero not fill memory
+        raw = read_bounded(path, what="JSON")
+    except ConfigurationError as exc:
+        raise PolicyError(str(exc), source=source) from None
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PolicyError(f"{source}: is not UTF-8 text ({exc.reason}).", source=source) from None
-    except OSError as exc:
-        raise PolicyError(f"{source}: cannot be read ({exc.strerror}).", source=source) from None
     return parse_json(text, source=source)
 
 

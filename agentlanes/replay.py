@@ -916,7 +916,14 @@ async def replay(
         if isinstance(chain, str):
             chain = resolve_entry(chain, what="chain")
         if not isinstance(chain, Chain) and callable(chain):
-            chain = chain()
+            made = chain
+            try:
+                chain = made()
+            except Exception as exc:  # the user's factory: say which and how it failed
+                raise ConfigurationError(
+                    f"The chain {getattr(made, '__qualname__', made)!r} was called to make the chain and raised "
+                    f"{type(exc).__name__}: {exc}; --chain names a Chain or a function of no arguments returning one."
+                ) from None
         if not isinstance(chain, Chain):
             raise ConfigurationError(f"{chain!r} is not a Chain (nor a function returning one).")
         target = chain

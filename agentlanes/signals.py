@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import sys
 from collections.abc import Mapping
 from typing import Annotated, Any, Final
 
@@ -78,6 +79,10 @@ _OPTIONAL: Final[frozenset[str]] = frozenset(
 )
 
 
+_FLOAT_MAX: Final = int(sys.float_info.max)
+"""The largest integer a signal may be (``float()`` of a larger one raises)."""
+
+
 def _valid(kind: int, value: object) -> bool:
     if kind == _BOOL:
         return value is True or value is False
@@ -87,6 +92,8 @@ def _valid(kind: int, value: object) -> bool:
         return False
     if isinstance(value, float) and not math.isfinite(value):
         return False
+    if isinstance(value, int) and not -_FLOAT_MAX <= value <= _FLOAT_MAX:
+        return False  # beyond float range: no decision can use it, and float() would raise
     if kind == _NONNEG:
         return value >= 0
     if kind == _SHARE:
@@ -96,6 +103,8 @@ def _valid(kind: int, value: object) -> bool:
 
 def _num(value: object, default: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return default
+    if isinstance(value, int) and not -_FLOAT_MAX <= value <= _FLOAT_MAX:
         return default
     return float(value) if math.isfinite(value) else default
 
@@ -225,6 +234,15 @@ class SignalSnapshot:
         """True when every required signal is present and well typed."""
         return not self.problems
 
+    @property
+    def json_values(self) -> Mapping[str, Any]:
+        """``raw`` as a decision may show it: itself when it is JSON, else a copy in which
+        every value JSON cannot hold (NaN, infinities, objects) is ``null`` (and
+        :attr:`problems` says which signal was invalid)."""
+        if self.canonical is not None:
+            return self.raw
+        return {str(k): _json_safe(v) for k, v in self.raw.items()}
+
     def missing(self, names: tuple[str, ...]) -> tuple[str, ...]:
         """``missing-signal:`` reasons for those of ``names`` that are absent or null."""
         return tuple(f"missing-signal:{n}" for n in names if n not in self.extra_present)
@@ -232,6 +250,22 @@ class SignalSnapshot:
     def __repr__(self) -> str:
         state = "ok" if self.ok else ", ".join(self.problems)
         return f"SignalSnapshot({state}, {self.digest[:19]}...)"
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with everything JSON cannot hold replaced by ``None``."""
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    try:
+        if isinstance(value, Mapping):
+            return {str(k): _json_safe(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [_json_safe(v) for v in value]
+    except RecursionError:
+        pass
+    return None
 
 
 def _canonical(raw: Mapping[str, Any]) -> str | None:

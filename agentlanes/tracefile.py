@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentlanes import attributes as A
 from agentlanes._otlp import encode_span_line, encode_spans_json
+from agentlanes._private import private_dir
 from agentlanes.errors import ConfigurationError
 
 if TYPE_CHECKING:  # the SDK is loaded only where spans are made (agentlanes.telemetry)
@@ -58,7 +59,8 @@ __all__ = [
 TRACE_SCHEMA_VERSION = "agentlanes.trace/2"
 MARKER = "agentlanes.run.inputs"
 """The span that records a run's inputs (local record only)."""
-MAX_TRACE_BYTES = int(os.environ.get("AGENTLANES_MAX_TRACE_BYTES", str(256 * 1024 * 1024)))
+_LIMIT_SETTING = os.environ.get("AGENTLANES_MAX_TRACE_BYTES", "")
+MAX_TRACE_BYTES = int(_LIMIT_SETTING) if _LIMIT_SETTING.isdigit() and len(_LIMIT_SETTING) <= 18 else 256 * 1024 * 1024
 """Traces larger than this are refused rather than read (``AGENTLANES_MAX_TRACE_BYTES``)."""
 _HEX = re.compile(r"[0-9a-f]+\Z")
 RUN_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}\Z")
@@ -125,8 +127,10 @@ class RunTraceFile:
     replay decode every chat span.) The file is private to its owner (0600)."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        private_dir(path.parent)
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        if stat.S_IMODE(os.fstat(self._fd).st_mode) & 0o077:  # a file from before, made wider
+            os.fchmod(self._fd, 0o600)
         self.path = path
 
     def write(self, spans: Sequence[Any]) -> None:
@@ -148,10 +152,23 @@ class RunTraceFile:
 # ------------------------------------------------------------------------- reading
 
 
+def trace_limit() -> int:
+    """:data:`MAX_TRACE_BYTES`, refusing a setting of ``AGENTLANES_MAX_TRACE_BYTES`` that
+    is not a whole number of bytes (checked here, not at import, so importing never fails)."""
+    if _LIMIT_SETTING and not (_LIMIT_SETTING.isdigit() and len(_LIMIT_SETTING) <= 18):
+        shown = _LIMIT_SETTING if len(_LIMIT_SETTING) <= 40 else f"{_LIMIT_SETTING[:40]}..."
+        raise TraceError(
+            f"AGENTLANES_MAX_TRACE_BYTES={shown!r} is not a whole number of bytes (at most 18 digits); "
+            "unset it or give one such as 268435456.",
+            path="AGENTLANES_MAX_TRACE_BYTES",
+        )
+    return MAX_TRACE_BYTES
+
+
 def read_lines(path: Path | str, *, limit: int | None = None) -> list[str]:
     """The lines of a record file: a regular file (never a FIFO, device or directory),
     at most ``limit`` bytes (default :data:`MAX_TRACE_BYTES`), UTF-8."""
-    limit = MAX_TRACE_BYTES if limit is None else limit
+    limit = trace_limit() if limit is None else limit
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:

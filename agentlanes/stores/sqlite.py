@@ -42,6 +42,7 @@ from typing import Any, Final, Literal, TypeVar
 import anyio
 import anyio.to_thread
 
+from agentlanes._private import private_dir, private_file, tighten_file
 from agentlanes.budget import MAX_MICRO, Refusal, Reservation, WindowSpec, WindowState, check_micro
 from agentlanes.errors import ConfigurationError, StoreError, StoreUnavailable
 from agentlanes.stores.base import (
@@ -179,7 +180,12 @@ class SQLiteStore(Store):
         self._inline_commits = 0
         self._checkpointer: threading.Thread | None = None
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # The database holds the runs index, receipts and budgets: 0600 from the
+            # start (SQLite gives its -wal and -shm the database file's mode).
+            private_dir(self.path.parent, tighten=False)
+            private_file(self.path)
+            for suffix in ("-wal", "-shm", "-journal"):
+                tighten_file(self.path.with_name(self.path.name + suffix))
             conn = self._conn(self._busy_ms)
             self._transact(conn, self._migrate)
         except _Busy as exc:  # pragma: no cover - a busy timeout of 0 and a held lock
@@ -548,7 +554,8 @@ class SQLiteStore(Store):
                 n = db.execute("SELECT COALESCE(MAX(ord), 0) + 1 FROM runs").fetchone()[0]
                 db.execute("INSERT INTO runs VALUES (?,?,?)", (entry_id, n, text))
             else:
-                entry = {**json.loads(row[0]), **run}
+                old = _index_entry(row[0])  # a damaged row is replaced, not a reason to fail the run
+                entry = {**(old if isinstance(old, dict) else {}), **run}
                 db.execute("UPDATE runs SET entry=? WHERE run_id=?", (json.dumps(entry), entry_id))
 
         await self._call("run", work)
@@ -556,7 +563,7 @@ class SQLiteStore(Store):
     async def runs(self) -> list[dict[str, Any]]:
         def work() -> list[dict[str, Any]]:
             rows = self._conn(self._busy_ms).execute("SELECT entry FROM runs ORDER BY ord").fetchall()
-            return [json.loads(r[0]) for r in rows]
+            return [entry for (text,) in rows if isinstance(entry := _index_entry(text), dict)]
 
         return await self._in_thread("read", work)
 
@@ -573,6 +580,14 @@ class SQLiteStore(Store):
 
 
 _RETURNING = sqlite3.sqlite_version_info >= (3, 35)
+
+
+def _index_entry(text: Any) -> Any:
+    """A run index row's entry, or ``None`` when the row is damaged (not JSON text)."""
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        return None
 
 
 def _take_hold(db: sqlite3.Connection, rid: str) -> tuple[str, int, str] | None:

@@ -822,7 +822,7 @@ def test_hostile_files_give_one_message(home: Path, tmp_path: Path) -> None:
 def test_a_data_directory_that_is_not_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "file").write_text("x")
     for target, expect in [
-        (tmp_path / "file", "No data directory at"),
+        (tmp_path / "file", "is not a directory; pass --data-dir"),
         (tmp_path / "nowhere", "No data directory at"),
     ]:
         for action in ("verify", "export", "head"):

@@ -171,7 +171,7 @@ def test_batch_loads_each_document_once(monkeypatch: pytest.MonkeyPatch, capsys:
 
 def test_batch_unreadable_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, _, err = run(capsys, "route", "--batch", str(tmp_path / "missing.jsonl"))
-    assert code == 1 and "cannot read batch file" in err
+    assert code == 1 and "Cannot read the batch file" in err and "missing.jsonl: No such file" in err
 
 
 # ------------------------------------------------------------------ validate
