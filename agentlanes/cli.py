@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from agentlanes import __version__
+from agentlanes._private import write_private
 from agentlanes.binding import BindingDecision, BindingRequest, load_binding, load_contract
 from agentlanes.ceiling import Ceiling, load_ceiling, parse_ceiling
 from agentlanes.decision import RouteDecision, RouteRequest
@@ -754,15 +755,13 @@ def _cmd_receipts(args: argparse.Namespace) -> int:
             texts, _, export_notes = _ledger_texts(data_dir, args.run)
             for note in export_notes:
                 _err(f"note: {note}")
-            out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout  # noqa: SIM115
-            try:
-                for text in texts:
-                    out.write(text + "\n")
-            finally:
-                if out is not sys.stdout:
-                    out.close()
             if args.output:
+                # the records name runs, lanes, reasons and costs: 0600 like the ledger
+                write_private(Path(args.output), "".join(text + "\n" for text in texts).encode("utf-8"))
                 print(f"exported {len(texts)} record(s) to {args.output}", file=sys.stderr)
+            else:
+                for text in texts:
+                    sys.stdout.write(text + "\n")
             return 0
         head = _read_head(args.head) if getattr(args, "head", None) else None
         key, how = _verifying_key(args, data_dir, head)
@@ -772,8 +771,14 @@ def _cmd_receipts(args: argparse.Namespace) -> int:
             source = args.file
         else:
             texts, source, notes = _ledger_texts(data_dir, None)
+    except BrokenPipeError:
+        raise  # the reader went away: main() ends quietly
     except (ConfigurationError, OSError) as exc:
-        _err(str(exc) if isinstance(exc, ConfigurationError) else f"{exc.filename}: {exc.strerror}.")
+        if isinstance(exc, ConfigurationError):
+            _err(str(exc))
+        else:
+            where = f"{exc.filename}: " if exc.filename else ""
+            _err(f"{where}{exc.strerror or exc}; check the path and its permissions.")
         return 1
     for note in notes:
         _err(f"note: {note}")
@@ -787,8 +792,7 @@ def _cmd_receipts(args: argparse.Namespace) -> int:
             _err("note: no run has been closed in this ledger yet; the head is empty (count 0)")
         if args.output:
             try:
-                with open(args.output, "w", encoding="utf-8") as fh:
-                    fh.write(text)
+                write_private(Path(args.output), text.encode("utf-8"))
             except OSError as exc:
                 _err(f"Cannot write the head to {args.output}: {exc.strerror}.")
                 return 1

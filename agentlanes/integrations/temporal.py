@@ -100,6 +100,7 @@ with workflow.unsafe.imports_passed_through():
     from agentlanes._runindex import repair
     from agentlanes.approval import Approval, ApprovalRequest
     from agentlanes.budget import Refusal, Reservation, WindowSpec
+    from agentlanes.content import DIGEST_RE
     from agentlanes.effects import Call, Effects, LiveEffects, RouteInputs
     from agentlanes.errors import AgentLanesError, ConfigurationError, RunError, StoreError, UnsettledCharge
     from agentlanes.events import RunEnded, StageEnded
@@ -136,6 +137,7 @@ __all__ = [
 
 _SERVICE = "agentlanes"
 _TIMEOUT_APPROVER = "temporal:timeout"
+_INVALID_APPROVER = "temporal:invalid-answer"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -459,7 +461,7 @@ class _Activities:
                     self._renew_at.clear()
                 await self.lanes.store.record_run({"runId": run["runId"], "leaseUntil": self._lease()["leaseUntil"]})
             signals = await self.lanes.signals.snapshot()
-            remaining, premium = await self.lanes.ledger.headroom(run["runId"], "task")
+            remaining, premium = await self.lanes.ledger.headroom(run["runId"], "task", session_id=run.get("sessionId"))
         except (StoreError, ConfigurationError) as exc:
             raise _failure(exc) from exc
         return {"signals": dict(signals.raw), "remaining": remaining, "premium": list(premium)}
@@ -472,7 +474,9 @@ class _Activities:
         info = activity.info()
         rid = hashlib.sha256(f"{info.workflow_run_id}/{info.activity_id}".encode()).hexdigest()[:32]
         try:
-            held = await self.lanes.ledger.reserve(run["runId"], lane, amount, reservation_id=rid)
+            held = await self.lanes.ledger.reserve(
+                run["runId"], lane, amount, reservation_id=rid, session_id=run.get("sessionId")
+            )
         except (StoreError, ConfigurationError) as exc:
             raise _failure(exc) from exc
         if isinstance(held, Refusal):
@@ -580,8 +584,9 @@ class TemporalEffects(Effects):
     """The effects port inside a workflow: every effect an activity, the clock and ids
     the workflow's (see the module docstring)."""
 
-    def __init__(self, owner: LaneWorkflow, timeouts: ActivityTimeouts, call_timeout: float) -> None:
+    def __init__(self, owner: LaneWorkflow, timeouts: ActivityTimeouts, call_timeout: float, session_id: str) -> None:
         self._owner = owner
+        self.session_id = session_id
         self._seq = 0
         self._local = timeouts.local_store
         retry = TemporalRetry(maximum_attempts=timeouts.attempts)
@@ -622,8 +627,13 @@ class TemporalEffects(Effects):
     async def end_run(self, run: RunState, entry: Mapping[str, Any]) -> None:
         await self._do("agentlanes.end_run", [_run_json(run), dict(entry)], self._store, run.status)
 
+    def _budget_run(self, run: RunState) -> dict[str, Any]:
+        """The run as the budget activities take it: with the workflow's session, whose
+        ``session`` window it spends from (not the worker's)."""
+        return {**_run_json(run), "sessionId": self.session_id}
+
     async def route_inputs(self, run: RunState, record: StageRecord) -> RouteInputs:
-        got = await self._do("agentlanes.route_inputs", [_run_json(run)], self._store, record.key)
+        got = await self._do("agentlanes.route_inputs", [self._budget_run(run)], self._store, record.key)
         premium = got["premium"]
         return RouteInputs(
             SignalSnapshot(got["signals"]),
@@ -635,7 +645,9 @@ class TemporalEffects(Effects):
         )
 
     async def reserve(self, run: RunState, record: StageRecord, lane: str, amount: int) -> Reservation | Refusal:
-        got = await self._do("agentlanes.reserve", [_run_json(run), lane, amount], self._store, f"{lane}:{amount}")
+        got = await self._do(
+            "agentlanes.reserve", [self._budget_run(run), lane, amount], self._store, f"{lane}:{amount}"
+        )
         if "refusal" in got:
             return Refusal(*got["refusal"])
         return _reservation(got["reservation"])
@@ -781,7 +793,7 @@ class _Config:
     timeouts: ActivityTimeouts
     approval_timeout: float
     tracing: bool
-    session_id: str
+    session_id: str | None
 
 
 _QUEUES: dict[str, _Config] = {}
@@ -807,7 +819,6 @@ class LaneWorkflow:
     def __init__(self) -> None:
         self._pending: dict[str, ApprovalRequest] = {}
         self._answers: dict[str, dict[str, Any]] = {}
-        self._unaddressed: list[dict[str, Any]] = []
 
     @workflow.run
     async def run(self, given: LoopInput) -> dict[str, Any]:
@@ -827,7 +838,8 @@ class LaneWorkflow:
         processors: list[Any] = [summary]
         if config.tracing:
             processors.append(_StageSpans())
-        effects = TemporalEffects(self, config.timeouts, worker.call_timeout)
+        session = config.session_id or f"workflow-{info.workflow_id}"
+        effects = TemporalEffects(self, config.timeouts, worker.call_timeout, session)
         lanes = Lanes(
             {
                 lane: [_ActivityModel(lane, i, m.name, m.provider) for i, m in enumerate(models)]
@@ -838,7 +850,7 @@ class LaneWorkflow:
             store=MemoryStore(),
             data_dir=worker.data_dir,
             retry=worker.retry,
-            session_id=config.session_id,
+            session_id=session,
             call_timeout=worker.call_timeout,
             cooldown=worker.cooldown,
             tracing=False,
@@ -867,11 +879,20 @@ class LaneWorkflow:
     def approve(self, answer: dict[str, Any]) -> None:
         """An answer to a pending approval: ``{"approver", "approved", "justification"}``
         and, when several wait, the ``decisionId`` it answers."""
+        if not isinstance(answer, dict):
+            workflow.logger.warning("approve signal ignored: the answer is not a JSON object")
+            return
         decision = answer.get("decisionId")
         if decision is None:
             waiting = [d for d in self._pending if d not in self._answers]
             if not waiting:
-                self._unaddressed.append(answer)
+                # Nothing is waiting: an answer that names no decision could only be
+                # applied to the next question, which its approver never saw (a late
+                # answer to one that timed out would approve an unrelated escalation).
+                workflow.logger.warning(
+                    "approve signal ignored: no approval is pending and the answer names no decisionId "
+                    "(answer while the pending_approvals query lists it, or name its decisionId)"
+                )
                 return
             decision = waiting[0]
         self._answers[str(decision)] = answer
@@ -897,8 +918,6 @@ class LaneWorkflow:
     async def _wait_for_approval(self, request: ApprovalRequest) -> Approval:
         key = request.decision_id
         self._pending[key] = request
-        if self._unaddressed and key not in self._answers:  # an answer that came before the question
-            self._answers[key] = self._unaddressed.pop(0)
         try:
             await workflow.wait_condition(lambda: key in self._answers, timeout=self._approval_timeout)
         except TimeoutError:
@@ -908,13 +927,24 @@ class LaneWorkflow:
         answer = self._answers.pop(key)
         approver = answer.get("approver")
         if not isinstance(approver, str) or not approver:
-            return Approval(False, "temporal:invalid-answer", "the approve signal named no approver")
-        return Approval(
-            bool(answer.get("approved", False)),
-            approver,
-            str(answer.get("justification", "")),
-            answer.get("justificationDigest"),
-        )
+            return Approval(False, _INVALID_APPROVER, "the approve signal named no approver")
+        approved = answer.get("approved")
+        if not isinstance(approved, bool):
+            # only JSON true approves: "false", 1 or a missing field must never do it
+            return Approval(False, _INVALID_APPROVER, "the approve signal's 'approved' is not true or false")
+        justification = answer.get("justification", "")
+        digest = answer.get("justificationDigest")
+        if not isinstance(justification, str) or (
+            digest is not None and (not isinstance(digest, str) or not DIGEST_RE.match(digest))
+        ):
+            # what goes into a signed receipt: a text (digested there) or a keyed digest, nothing else
+            return Approval(
+                False,
+                _INVALID_APPROVER,
+                "the approve signal's justification is not text, or its justificationDigest is not a keyed digest "
+                "(hmac-sha256:<64 hex>)",
+            )
+        return Approval(approved, approver, justification, digest)
 
 
 # ---------------------------------------------------------------- the plugin
@@ -955,8 +985,10 @@ class AgentLanesPlugin(SimplePlugin):
         tracing: add ``temporalio.contrib.opentelemetry.TracingInterceptor`` (to the
             client and the worker) and a span per stage; ``True`` uses the global
             tracer provider, or pass an OpenTelemetry ``Tracer``.
-        session_id: the key of the ``session`` budget window for these workers' runs
-            (default: ``temporal``; the same for every worker).
+        session_id: the key of the ``session`` budget window shared by these workers'
+            runs; by default each workflow is its own session (its workflow id), as each
+            in-process ``Lanes`` is. A shared key makes every run of every worker, across
+            restarts, spend from one session window: give it a cap that fits.
     """
 
     def __init__(
@@ -967,7 +999,7 @@ class AgentLanesPlugin(SimplePlugin):
         timeouts: ActivityTimeouts | None = None,
         approval_timeout: float = 24 * 3600.0,
         tracing: bool | Any = False,
-        session_id: str = "temporal",
+        session_id: str | None = None,
     ) -> None:
         if not isinstance(lanes, Lanes):
             raise ConfigurationError(f"AgentLanesPlugin(lanes, ...) takes a Lanes, got {lanes!r}.")

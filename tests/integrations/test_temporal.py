@@ -374,3 +374,32 @@ async def test_temporal_spans_and_stage_spans_form_one_tree(temporal_address: st
     assert execution.parent is not None and run_workflow.parent is not None
     assert execution.parent.span_id == run_workflow.parent.span_id == roots[0].context.span_id
     assert execution.attributes is not None and execution.attributes["agentlanes.lane"] == "high-end"
+
+
+async def test_each_workflow_spends_from_its_own_session_window_unless_told_to_share(
+    temporal_address: str, tmp_path: Path
+) -> None:
+    from agentlanes.ledger import BudgetLedger
+
+    async def session_spend(lanes: Lanes, session: str, run_id: str) -> int:
+        specs = BudgetLedger(lanes.store, lanes.bundle.optimizer, session_id=session).specs(run_id)
+        [state] = [s for s in await lanes.store.window_states(specs) if s.spec.window == "session"]
+        return state.committed + state.overrun
+
+    for shared in (None, "team"):
+        lanes = lanes_for(tmp_path / str(shared))
+        plugin = AgentLanesPlugin(lanes, loops=LOOPS, session_id=shared)
+        client = await Client.connect(temporal_address, plugins=[plugin])
+        q = queue()
+        runs = []
+        async with Worker(client, task_queue=q):
+            for i in range(2):
+                summary = await run_loop(client, "fix", "total() drops the last item", id=f"s{i}-{q}", task_queue=q)
+                [run] = summary["runs"]
+                runs.append((f"s{i}-{q}", run["runId"], to_micro(run["cost"])))
+        total = sum(cost for _, _, cost in runs)
+        for workflow_id, run_id, cost in runs:
+            if shared is None:  # a window of its own: a deployment never runs dry on one shared session
+                assert await session_spend(lanes, f"workflow-{workflow_id}", run_id) == cost > 0
+            else:
+                assert await session_spend(lanes, shared, run_id) == total

@@ -108,3 +108,54 @@ async def test_an_unanswered_approval_times_out_as_a_denial(env: WorkflowEnviron
     assert isinstance(cause, ApplicationError) and cause.type == "EscalationDenied"
     assert "temporal:timeout denied it" in cause.message
     assert [r for r in await lanes.store.receipts() if not r.run_id.startswith("@")] == []
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"approver": "bob", "approved": "false", "justification": "no"},  # a string from a CLI or another SDK
+        {"approver": "bob", "approved": 1, "justification": "x"},
+        {"approver": "bob", "justification": "x"},  # no verdict at all
+        {"approver": "bob", "approved": True, "justificationDigest": "plain text, not a digest"},
+        {"approver": "bob", "approved": True, "justification": {"a": 1}},
+    ],
+)
+async def test_an_answer_that_is_not_a_clear_yes_denies_and_signs_nothing(
+    env: WorkflowEnvironment, tmp_path: Path, answer: dict[str, Any]
+) -> None:
+    lanes, running, q = worker(env, tmp_path)
+    client = env.client
+    async with running:
+        handle = await client.start_workflow(LaneWorkflow.run, LoopInput("debug", ["x"]), id=f"odd-{q}", task_queue=q)
+        await pending(handle)
+        await handle.signal("approve", answer)
+        with pytest.raises(WorkflowFailureError) as caught:
+            await handle.result()
+    cause = caught.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "EscalationDenied"
+    assert "temporal:invalid-answer denied it" in cause.message
+    assert [r for r in await lanes.store.receipts() if not r.run_id.startswith("@")] == []
+
+
+async def test_an_answer_that_names_no_decision_while_none_is_pending_approves_nothing_later(
+    env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    lanes, running, q = worker(env, tmp_path)
+    client = env.client
+    async with running:
+        # signal-with-start: the answer is there before the workflow asks anything; it
+        # must not become the answer to a question its approver never saw
+        handle = await client.start_workflow(
+            LaneWorkflow.run,
+            LoopInput("debug", ["x"]),
+            id=f"early-{q}",
+            task_queue=q,
+            start_signal="approve",
+            start_signal_args=[{"approver": "mallory", "approved": True, "justification": "sure"}],
+        )
+        await pending(handle)
+        with pytest.raises(WorkflowFailureError) as caught:
+            await handle.result()  # no real answer: the approval times out (skipped)
+    cause = caught.value.cause
+    assert isinstance(cause, ApplicationError) and "temporal:timeout denied it" in cause.message
+    assert [r for r in await lanes.store.receipts() if not r.run_id.startswith("@")] == []
