@@ -141,7 +141,7 @@ async def call(engine: RunEngine, site: Site, messages: list[Message], settings:
     try:
         return await _attempt(engine, site, lane, model, messages, settings, 1)
     except (ProviderError, ModelError, _Reroute) as exc:
-        failed: _Failed = (model, exc, started)
+        failed: _Failed = (lane, model, exc, started)
     return await _on_lanes(engine, site, messages, settings, _attempt, failed)
 
 
@@ -158,15 +158,16 @@ async def open_stream(engine: RunEngine, site: Site, messages: list[Message], se
         try:
             opened = await _open(engine, site, lane, model, messages, settings, 1)
         except (ProviderError, ModelError, _Reroute) as exc:
-            failed: _Failed = (model, exc, started)
+            failed: _Failed = (lane, model, exc, started)
             opened = await _on_lanes(engine, site, messages, settings, _open, failed)
     return LaneStream(engine, site, opened)
 
 
 Attempt = Callable[["RunEngine", Site, str, Model, Sequence[Message], ModelSettings, int], Awaitable[T]]
 
-# The first attempt :func:`call` made on its own: the model, how it failed, and when it started.
-_Failed = tuple[Model, "ProviderError | ModelError | _Reroute", int]
+# The first attempt :func:`call` made on its own: its lane (the stage's lane may have
+# changed meanwhile, by another call's fallback), model, how it failed, when it started.
+_Failed = tuple[str, Model, "ProviderError | ModelError | _Reroute", int]
 
 
 def _first_model(engine: RunEngine, site: Site) -> tuple[str, Model] | None:
@@ -210,11 +211,12 @@ async def _on_lanes(
             )
         try:
             if failed is not None:
-                model, exc, started = failed
+                tried_lane, model, exc, started = failed
                 failed = None
                 if isinstance(exc, _Reroute):
                     raise exc
-                return await _on_models(engine, site, lane, messages, settings, attempt, (model, exc, started))
+                # its retries go on where it was made, as they would have in the layers
+                return await _on_models(engine, site, tried_lane, messages, settings, attempt, (model, exc, started))
             return await _on_models(engine, site, lane, messages, settings, attempt)
         except _Reroute as signal:
             if signal.__cause__ is not None:

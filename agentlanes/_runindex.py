@@ -18,6 +18,7 @@ written at its start, says 0).
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import socket
@@ -114,16 +115,19 @@ def abandoned(entry: Mapping[str, Any], now: float) -> bool:
 async def repair(store: Any, *, now: float | None = None) -> list[dict[str, Any]]:
     """Mark every abandoned run ``abandoned`` in ``store``'s index; the entries marked."""
     now = time.time() if now is None else now
+    conditional = "only_if" in inspect.signature(store.record_run).parameters
     marked = []
     for entry in await store.runs():
         if isinstance(entry, Mapping) and isinstance(entry.get("runId"), str) and abandoned(entry, now):
-            update = {
-                "runId": entry["runId"],
-                "status": "abandoned",
-                "error": "abandoned",
-                "abandonedAt": _iso(now),
-            }
-            await store.record_run(update)
+            update = {"runId": entry["runId"], "status": "abandoned", "abandonedAt": _iso(now)}
+            if conditional:
+                # only while it is the entry that was read: a run that ended (or renewed
+                # its lease) meanwhile keeps what it wrote
+                seen = {"status": "running", "leaseUntil": entry.get("leaseUntil")}
+                if not await store.record_run(update, only_if=seen):
+                    continue
+            else:  # a store of someone else's, without conditional writes
+                await store.record_run(update)
             marked.append({**entry, **update})
     return marked
 

@@ -40,7 +40,7 @@ def open_store(url: str | None, data_dir: Path) -> Store:
                 "The store is PostgreSQL but asyncpg is not installed: pip install 'agentlanes[postgres]'."
             ) from None
         cache = os.environ.get("AGENTLANES_STORE_STATEMENT_CACHE_SIZE") or None
-        if cache is not None and not cache.isdigit():
+        if cache is not None and not (cache.isascii() and cache.isdigit()):
             raise ConfigurationError(
                 f"AGENTLANES_STORE_STATEMENT_CACHE_SIZE={cache!r} is not a whole number (0 behind a "
                 "transaction-pooling PgBouncer)."

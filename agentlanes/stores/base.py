@@ -174,8 +174,11 @@ class Store(ABC):
         """Receipts in chain order (per run, runs in first-receipt order)."""
 
     @abstractmethod
-    async def record_run(self, run: Mapping[str, Any]) -> None:
-        """Insert or update a run's index entry (keyed by ``runId``)."""
+    async def record_run(self, run: Mapping[str, Any], *, only_if: Mapping[str, Any] | None = None) -> bool:
+        """Insert or update a run's index entry (keyed by ``runId``; the fields given
+        replace those of the entry). With ``only_if``, only an existing entry whose
+        fields equal those given is updated, atomically (how a run is marked abandoned
+        without overwriting how it ended meanwhile). Whether it was written."""
 
     @abstractmethod
     async def runs(self) -> list[dict[str, Any]]:

@@ -178,9 +178,14 @@ class MemoryStore(Store):
                 return list(self._receipts.get(run_id, []))
             return [r for chain in self._receipts.values() for r in chain]
 
-    async def record_run(self, run: Mapping[str, Any]) -> None:
+    async def record_run(self, run: Mapping[str, Any], *, only_if: Mapping[str, Any] | None = None) -> bool:
         with self._lock:
+            if only_if is not None:
+                entry = self._runs.get(str(run["runId"]))
+                if entry is None or any(entry.get(k) != v for k, v in only_if.items()):
+                    return False
             self._runs.setdefault(str(run["runId"]), {}).update(run)
+            return True
 
     async def runs(self) -> list[dict[str, Any]]:
         with self._lock:

@@ -980,18 +980,28 @@ class PostgresStore(Store):
 
         return await self._tx("read", work)
 
-    async def record_run(self, run: Mapping[str, Any]) -> None:
+    async def record_run(self, run: Mapping[str, Any], *, only_if: Mapping[str, Any] | None = None) -> bool:
         s = self._s
 
-        async def work(conn: Any) -> None:
+        async def work(conn: Any) -> bool:
+            if only_if is not None:
+                # one statement: the entry changes only while it still holds what was read
+                done = await conn.execute(
+                    f"UPDATE {s}.al_runs SET entry = entry || $2::jsonb WHERE run_id = $1 AND entry @> $3::jsonb",
+                    str(run["runId"]),
+                    json.dumps(dict(run)),
+                    json.dumps(dict(only_if)),
+                )
+                return bool(done == "UPDATE 1")
             await conn.execute(
                 f"INSERT INTO {s}.al_runs (run_id, entry) VALUES ($1, $2::jsonb) "
                 "ON CONFLICT (run_id) DO UPDATE SET entry = al_runs.entry || EXCLUDED.entry",
                 str(run["runId"]),
                 json.dumps(dict(run)),
             )
+            return True
 
-        await self._call("run", work)
+        return await self._call("run", work)
 
     async def runs(self) -> list[dict[str, Any]]:
         s = self._s

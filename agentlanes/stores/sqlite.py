@@ -544,21 +544,26 @@ class SQLiteStore(Store):
 
         return await self._in_thread("read", work)
 
-    async def record_run(self, run: Mapping[str, Any]) -> None:
+    async def record_run(self, run: Mapping[str, Any], *, only_if: Mapping[str, Any] | None = None) -> bool:
         entry_id = str(run["runId"])
         text = json.dumps(dict(run))
 
-        def work(db: sqlite3.Connection) -> None:
+        def work(db: sqlite3.Connection) -> bool:
             row = db.execute("SELECT entry FROM runs WHERE run_id=?", (entry_id,)).fetchone()
             if row is None:
+                if only_if is not None:
+                    return False
                 n = db.execute("SELECT COALESCE(MAX(ord), 0) + 1 FROM runs").fetchone()[0]
                 db.execute("INSERT INTO runs VALUES (?,?,?)", (entry_id, n, text))
-            else:
-                old = _index_entry(row[0])  # a damaged row is replaced, not a reason to fail the run
-                entry = {**(old if isinstance(old, dict) else {}), **run}
-                db.execute("UPDATE runs SET entry=? WHERE run_id=?", (json.dumps(entry), entry_id))
+                return True
+            old = _index_entry(row[0])  # a damaged row is replaced, not a reason to fail the run
+            old = old if isinstance(old, dict) else {}
+            if only_if is not None and any(old.get(k) != v for k, v in only_if.items()):
+                return False
+            db.execute("UPDATE runs SET entry=? WHERE run_id=?", (json.dumps({**old, **run}), entry_id))
+            return True
 
-        await self._call("run", work)
+        return await self._call("run", work)
 
     async def runs(self) -> list[dict[str, Any]]:
         def work() -> list[dict[str, Any]]:

@@ -104,3 +104,42 @@ async def test_a_lane_whose_models_all_fail_falls_back_to_a_lane_that_is_not_dea
     [record] = run.records
     assert [d.lane for d in record.decisions] == ["local-cheap", "cheap"]
     assert attempts(run) == [("local", 1, False), ("local", 2, False), ("local", 3, False), ("cheap", 1, True)]
+
+
+async def test_a_first_attempt_retries_on_its_own_lane_after_another_call_moved_the_stage(tmp_path: Path) -> None:
+    import anyio
+
+    from agentlanes.testing import FunctionModel
+
+    tries = {"slow": 0}
+
+    async def local(messages: Any, settings: Any = None) -> str:
+        if "slow" in str(messages):
+            tries["slow"] += 1
+            if tries["slow"] == 1:
+                await anyio.sleep(0.2)  # in flight while the other call falls back to cheap
+                raise ProviderError("overloaded", retryable=True)
+            return "slow answer from local"
+        raise ProviderError("down", retryable=True)
+
+    same_price = healthy(estimatedLaneCosts={"local-cheap": 0.002, "cheap": 0.002})
+    lanes, _ = make(tmp_path, {"local-cheap": FunctionModel(local, name="local"),
+                               "cheap": TestModel(text="cheap answer", name="cheap")}, signals=same_price)
+
+    async def both(ctx: StageContext) -> dict[str, str]:
+        out: dict[str, str] = {}
+
+        async def one(prompt: str) -> None:
+            out[prompt] = (await ctx.complete(prompt, max_tokens=16)).text
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, "slow")
+            tg.start_soon(one, "fast")
+        return out
+
+    async with lanes.run(task_class="log-triage", risk_class="low") as run:
+        assert await run.stage("classification", both) == {"fast": "cheap answer", "slow": "slow answer from local"}
+    calls = [(c.lane, c.model, c.attempt, c.ok) for r in run.records for c in r.calls]
+    # the slow call's retry is on the lane its model serves, priced and counted there
+    assert ("local-cheap", "local", 2, True) in calls
+    assert all(lane == "local-cheap" for lane, model, _, _ in calls if model == "local")

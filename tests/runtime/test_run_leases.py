@@ -110,7 +110,7 @@ def test_a_killed_run_is_marked_abandoned_by_the_next_run_once_its_lease_passed(
     ok = next_run(tmp_path)
     runs = status(tmp_path)
     assert runs[ok]["status"] == "succeeded"
-    assert runs[killed]["status"] == "abandoned" and runs[killed]["error"] == "abandoned"
+    assert runs[killed]["status"] == "abandoned" and "abandonedAt" in runs[killed]
     assert runs[killed]["owner"]["pid"] == proc.pid  # type: ignore[index]
 
 
@@ -149,3 +149,23 @@ def test_runs_repair_marks_on_demand_and_counts_receipts_from_the_ledger(tmp_pat
 def test_run_lease_must_be_a_sensible_number_of_seconds(tmp_path: Path, bad: object) -> None:
     with pytest.raises(ConfigurationError, match=r"run_lease=.*from 1 to 31536000"):
         Lanes(data_dir=tmp_path, run_lease=bad)  # type: ignore[arg-type]
+
+
+async def test_a_run_that_ends_while_it_is_being_marked_keeps_how_it_ended(tmp_path: Path) -> None:
+    from agentlanes._runindex import repair
+    from agentlanes.stores import MemoryStore
+
+    class Racing(MemoryStore):
+        async def runs(self) -> list[dict[str, object]]:
+            seen = await super().runs()
+            # the run ends between the read and the mark (its lease had passed: a long
+            # stage on another host, or a clock ahead of its own)
+            await self.record_run({"runId": "r1", "status": "succeeded"})
+            return seen
+
+    store = Racing()
+    gone = {"host": "elsewhere", "pid": 1, "since": None}
+    await store.record_run({"runId": "r1", "status": "running", "leaseUntil": "2020-01-01T00:00:00Z", "owner": gone})
+    assert await repair(store) == []
+    [entry] = await store.runs()
+    assert entry["status"] == "succeeded" and "abandonedAt" not in entry

@@ -179,6 +179,22 @@ async def test_run_index(store: Store) -> None:
     assert runs[0] == {"runId": "r1", "status": "succeeded", "taskClass": "routine-code", "cost": "0.02"}
 
 
+async def test_a_conditional_run_index_write_changes_only_the_entry_it_names(store: Store) -> None:
+    lease = {"status": "running", "leaseUntil": "2026-12-02T10:00:00Z"}
+    await store.record_run({"runId": "r1", **lease, "taskClass": "routine-code"})
+    abandon = {"runId": "r1", "status": "abandoned", "abandonedAt": "2026-12-02T10:05:00Z"}
+    assert await store.record_run({"runId": "missing", "status": "abandoned"}, only_if=lease) is False
+    # the run renewed its lease since it was read: not the same entry any more
+    assert await store.record_run(abandon, only_if={**lease, "leaseUntil": "2026-12-02T09:00:00Z"}) is False
+    await store.record_run({"runId": "r1", "status": "succeeded", "cost": "0.02"})  # it ended meanwhile
+    assert await store.record_run(abandon, only_if=lease) is False
+    [entry] = await store.runs()
+    assert entry["status"] == "succeeded" and "abandonedAt" not in entry
+    await store.record_run({"runId": "r2", **lease})
+    assert await store.record_run({**abandon, "runId": "r2"}, only_if=lease) is True
+    assert [r["status"] for r in await store.runs()] == ["succeeded", "abandoned"]
+
+
 async def test_ledger_over_the_optimizer_windows(store: Store) -> None:
     now = datetime(2026, 11, 22, 12, tzinfo=UTC)
     ledger = BudgetLedger(store, load_bundle().optimizer, session_id="s1", clock=lambda: now)

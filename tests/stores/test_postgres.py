@@ -552,3 +552,13 @@ async def test_a_charge_whose_roll_up_was_interrupted_is_rolled_up_once_by_the_s
     [state] = await store.window_states([spec])
     assert (state.committed, state.reserved) == (80_000, 0)
     await store.aclose()
+
+
+@pytest.mark.parametrize("value", ["²", "-1", "ten", "1.5"])
+def test_a_statement_cache_size_that_is_no_whole_number_is_refused_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("AGENTLANES_STORE", PG_DSN)
+    monkeypatch.setenv("AGENTLANES_STORE_STATEMENT_CACHE_SIZE", value)
+    with pytest.raises(ConfigurationError, match=r"AGENTLANES_STORE_STATEMENT_CACHE_SIZE=.* is not a whole number"):
+        open_store(None, tmp_path)
