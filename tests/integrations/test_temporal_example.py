@@ -61,3 +61,14 @@ def test_the_example_says_when_no_server_answers() -> None:
     assert proc.returncode == 2
     assert "no Temporal server answers at 127.0.0.1:" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_workflow_that_fails_is_reported_by_its_error_not_tracebacks(temporal_address: str) -> None:
+    from tests.integrations.temporal_app import free_port
+
+    dead = f"postgresql://postgres@127.0.0.1:{free_port()}/test"  # nothing listens there
+    proc = run_example("--address", temporal_address, "--store", dead)
+    assert proc.returncode == 1
+    assert "failed: The PostgreSQL store at 127.0.0.1:" in proc.stderr
+    assert "did not answer" in proc.stderr
+    assert "Traceback" not in proc.stderr
