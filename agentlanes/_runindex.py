@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["DEFAULT_LEASE", "abandoned", "lease_fields", "owner", "repair", "with_ledger_counts"]
+__all__ = ["DEFAULT_LEASE", "abandoned", "lease_fields", "lease_until", "owner", "repair", "with_ledger_counts"]
 
 DEFAULT_LEASE = 600.0
 """Seconds a run's lease lasts between renewals (``Lanes(run_lease=...)``)."""
@@ -63,9 +63,14 @@ def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, UTC).isoformat().replace("+00:00", "Z")
 
 
+def lease_until(now: float, lease: float) -> str:
+    """A run's ``leaseUntil``: ``lease`` seconds after ``now`` (epoch seconds)."""
+    return _iso(now + lease)
+
+
 def lease_fields(now: float, lease: float) -> dict[str, Any]:
     """The owner and lease a started run's entry carries."""
-    return {"owner": owner(), "leaseUntil": _iso(now + lease)}
+    return {"owner": owner(), "leaseUntil": lease_until(now, lease)}
 
 
 def _seconds(text: Any) -> float | None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 
-from agentlanes._runindex import DEFAULT_LEASE, lease_fields, repair
+from agentlanes._runindex import DEFAULT_LEASE, lease_fields, lease_until, repair
 from agentlanes.approval import Approval, ApprovalRequest, Approver
 from agentlanes.budget import Refusal, Reservation
 from agentlanes.findings import Findings, parse_findings
@@ -218,9 +218,8 @@ class LiveEffects(Effects):
         renew = self._renew_at.get(run.run_id)
         if renew is not None and time.monotonic() >= renew:  # at most once per half lease
             self._renew_at[run.run_id] = time.monotonic() + self.run_lease / 2
-            await self._store().record_run(
-                {"runId": run.run_id, "leaseUntil": lease_fields(time.time(), self.run_lease)["leaseUntil"]}
-            )
+            until = lease_until(time.time(), self.run_lease)
+            await self._store().record_run({"runId": run.run_id, "leaseUntil": until})
         signals = await self._signals.snapshot()
         remaining, premium = await self._ledger().headroom(run.run_id, "task")
         findings = run.findings

@@ -229,38 +229,27 @@ class BudgetLedger:
         check_micro("A reservation", amount)
         await self._catch_up()
         specs = self.specs(run_id, session_id=session_id)
+        if reservation_id is None and not self._pending:  # the common case: nothing more to say
+            return await self.store.reserve(specs, lane, amount, lease_seconds=self.lease_seconds)
+        more: dict[str, Any] = {}
         if reservation_id is not None:
             if not self._store_takes_ids:
                 raise ConfigurationError(
                     f"{type(self.store).__name__}.reserve takes no `reservation_id`, so a reservation cannot be "
                     "asked for again without reserving twice; update the store, or reserve without an id."
                 )
-            if self._pending and self._unsettled_in(specs):
-                return await self.store.reserve(
-                    specs,
-                    lane,
-                    amount,
-                    lease_seconds=self.lease_seconds,
-                    unsettled=self._unsettled_in(specs),
-                    reservation_id=reservation_id,
+            more["reservation_id"] = reservation_id
+        unsettled = self._unsettled_in(specs) if self._pending else None
+        if unsettled:
+            if not self._store_counts_unsettled:
+                total = sum(c.actual for c in self._pending.values())
+                raise StoreUnavailable(
+                    f"{len(self._pending)} journaled charge(s) ({from_micro(total)} {self.currency}) could not be "
+                    f"applied to the store yet, and {type(self.store).__name__}.reserve cannot count them "
+                    "(it takes no `unsettled` argument); nothing was admitted until they are applied."
                 )
-            return await self.store.reserve(
-                specs, lane, amount, lease_seconds=self.lease_seconds, reservation_id=reservation_id
-            )
-        if self._pending:
-            unsettled = self._unsettled_in(specs)
-            if unsettled:
-                if not self._store_counts_unsettled:
-                    total = sum(c.actual for c in self._pending.values())
-                    raise StoreUnavailable(
-                        f"{len(self._pending)} journaled charge(s) ({from_micro(total)} {self.currency}) could not be "
-                        f"applied to the store yet, and {type(self.store).__name__}.reserve cannot count them "
-                        "(it takes no `unsettled` argument); nothing was admitted until they are applied."
-                    )
-                return await self.store.reserve(
-                    specs, lane, amount, lease_seconds=self.lease_seconds, unsettled=unsettled
-                )
-        return await self.store.reserve(specs, lane, amount, lease_seconds=self.lease_seconds)
+            more["unsettled"] = unsettled
+        return await self.store.reserve(specs, lane, amount, lease_seconds=self.lease_seconds, **more)
 
     async def settle(self, reservation: Reservation, actual: int) -> int:
         """Replace a reservation with the actual cost; returns ``actual``, the real cost.

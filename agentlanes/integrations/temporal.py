@@ -81,7 +81,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ with workflow.unsafe.imports_passed_through():
     # workflow's sandbox (where its thread classes are restricted): import it here.
     import anyio._backends._asyncio  # noqa: F401
 
-    from agentlanes._runindex import repair
+    from agentlanes._runindex import lease_until, repair
     from agentlanes.approval import Approval, ApprovalRequest
     from agentlanes.budget import Refusal, Reservation, WindowSpec
     from agentlanes.content import DIGEST_RE
@@ -426,7 +426,7 @@ class _Activities:
         """The run's owner is its workflow, wherever it runs now; its lease covers an
         approval's wait (a workflow gone for longer is marked abandoned)."""
         info = activity.info()
-        until = datetime.fromtimestamp(time.time() + self.lease, UTC).isoformat().replace("+00:00", "Z")
+        until = lease_until(time.time(), self.lease)
         return {
             "owner": {
                 "host": f"temporal:{info.workflow_namespace}",
