@@ -28,7 +28,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TypeVar
 
 import anyio
 
@@ -134,14 +134,14 @@ async def call(engine: RunEngine, site: Site, messages: list[Message], settings:
     coroutine frames per call, in time and in the memory of every call in flight.
     """
     first = _first_model(engine, site)
-    if first is None:
-        return await _on_lanes(engine, site, messages, settings, _attempt)
-    lane, model = first
-    started = engine.effects.now_ns()
-    try:
-        return await _attempt(engine, site, lane, model, messages, settings, 1)
-    except (ProviderError, ModelError, _Reroute) as exc:
-        failed: _Failed = (lane, model, exc, started)
+    failed = None
+    if first is not None:
+        lane, model = first
+        started = engine.effects.now_ns()
+        try:
+            return await _attempt(engine, site, lane, model, messages, settings, 1)
+        except (ProviderError, ModelError, _Reroute) as exc:
+            failed = _Failed(lane, model, exc, started)
     return await _on_lanes(engine, site, messages, settings, _attempt, failed)
 
 
@@ -150,24 +150,29 @@ async def open_stream(engine: RunEngine, site: Site, messages: list[Message], se
     first event (with :func:`call`'s shortcut); the caller must close the returned
     stream (``async with``)."""
     first = _first_model(engine, site)
-    if first is None:
-        opened = await _on_lanes(engine, site, messages, settings, _open)
-    else:
+    failed = None
+    if first is not None:
         lane, model = first
         started = engine.effects.now_ns()
         try:
-            opened = await _open(engine, site, lane, model, messages, settings, 1)
+            return LaneStream(engine, site, await _open(engine, site, lane, model, messages, settings, 1))
         except (ProviderError, ModelError, _Reroute) as exc:
-            failed: _Failed = (lane, model, exc, started)
-            opened = await _on_lanes(engine, site, messages, settings, _open, failed)
-    return LaneStream(engine, site, opened)
+            failed = _Failed(lane, model, exc, started)
+    return LaneStream(engine, site, await _on_lanes(engine, site, messages, settings, _open, failed))
 
 
 Attempt = Callable[["RunEngine", Site, str, Model, Sequence[Message], ModelSettings, int], Awaitable[T]]
 
-# The first attempt :func:`call` made on its own: its lane (the stage's lane may have
-# changed meanwhile, by another call's fallback), model, how it failed, when it started.
-_Failed = tuple[str, Model, "ProviderError | ModelError | _Reroute", int]
+
+class _Failed(NamedTuple):
+    """The first attempt :func:`call` made on its own, which the layers carry on from."""
+
+    lane: str
+    """Where it was made (the stage's lane may have changed meanwhile, by another call's fallback)."""
+    model: Model
+    error: ProviderError | ModelError | _Reroute
+    started: int
+    """When it started (``now_ns``): the retry layer's ``max_delay`` counts from there."""
 
 
 def _first_model(engine: RunEngine, site: Site) -> tuple[str, Model] | None:
@@ -211,12 +216,11 @@ async def _on_lanes(
             )
         try:
             if failed is not None:
-                tried_lane, model, exc, started = failed
-                failed = None
-                if isinstance(exc, _Reroute):
-                    raise exc
+                made, failed = failed, None
+                if isinstance(made.error, _Reroute):
+                    raise made.error
                 # its retries go on where it was made, as they would have in the layers
-                return await _on_models(engine, site, tried_lane, messages, settings, attempt, (model, exc, started))
+                return await _on_models(engine, site, made.lane, messages, settings, attempt, made)
             return await _on_models(engine, site, lane, messages, settings, attempt)
         except _Reroute as signal:
             if signal.__cause__ is not None:
@@ -269,22 +273,23 @@ async def _on_models(
     messages: list[Message],
     settings: ModelSettings,
     attempt: Attempt[T],
-    failed: tuple[Model, ProviderError | ModelError, int] | None = None,
+    failed: _Failed | None = None,
 ) -> T:
     """Layer 2: the lane's models in order; one that fails all retries cools down.
     With ``failed``, its model goes first, its first attempt already made."""
     last: ModelError | None = None
     models = engine.models.available(lane, engine.effects.now_ns())
     if failed is not None:
-        models = (failed[0], *(m for m in models if m is not failed[0]))
+        models = (failed.model, *(m for m in models if m is not failed.model))
     for model in models:
         try:
             if failed is not None:
-                _, first, started = failed
-                failed = None
-                if isinstance(first, ModelError):
-                    raise first  # as _with_retry would have: handled just below
-                return await _with_retry(engine, site, lane, model, messages, settings, attempt, first, started)
+                made, failed = failed, None
+                if not isinstance(made.error, ProviderError):
+                    raise made.error  # a ModelError, as _with_retry would have raised it: handled below
+                return await _with_retry(
+                    engine, site, lane, model, messages, settings, attempt, made.error, made.started
+                )
             return await _with_retry(engine, site, lane, model, messages, settings, attempt)
         except ModelError as exc:
             if not exc.retryable:
