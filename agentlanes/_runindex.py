@@ -32,8 +32,6 @@ __all__ = ["DEFAULT_LEASE", "abandoned", "lease_fields", "lease_until", "owner",
 DEFAULT_LEASE = 600.0
 """Seconds a run's lease lasts between renewals (``Lanes(run_lease=...)``)."""
 
-_HOST = socket.gethostname()
-
 
 def _process_start(pid: int) -> str | None:
     """When process ``pid`` started (clock ticks since boot, from /proc), or ``None``
@@ -48,14 +46,21 @@ def _process_start(pid: int) -> str | None:
     return fields[19].decode() if len(fields) > 19 else None
 
 
-_OWNER = {"host": _HOST, "pid": os.getpid(), "since": _process_start(os.getpid())}
+_OWNER: dict[str, Any] = {}  # this process as an owner, read on first use (not at import: /proc, the host name)
+
+
+def _host() -> str:
+    if "host" not in _OWNER:
+        _OWNER["host"] = socket.gethostname()
+    host: str = _OWNER["host"]
+    return host
 
 
 def owner() -> dict[str, Any]:
     """This process, as a run's owner."""
     pid = os.getpid()
-    if _OWNER["pid"] != pid:  # forked
-        _OWNER.update(pid=pid, since=_process_start(pid))
+    if _OWNER.get("pid") != pid:  # first use, or forked
+        _OWNER.update(host=_host(), pid=pid, since=_process_start(pid))
     return dict(_OWNER)
 
 
@@ -85,7 +90,7 @@ def _seconds(text: Any) -> float | None:
 def _owner_alive(who: Any) -> bool | None:
     """Whether a run's owner still runs: ``True``/``False`` on this host, ``None``
     (unknown) for another host or an entry without an owner."""
-    if not isinstance(who, Mapping) or who.get("host") != _HOST:
+    if not isinstance(who, Mapping) or who.get("host") != _host():
         return None
     pid = who.get("pid")
     if not isinstance(pid, int) or isinstance(pid, bool) or not 0 < pid < 1 << 31:
